@@ -1,0 +1,137 @@
+"""OmniAvatar architecture configs (the shipped 1.3B / 14B registry) and the backend's typed options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CONFIGS", "DTYPES", "OmniAvatarConfig", "OmniAvatarOptions", "shipped_config"]
+
+
+@dataclass(frozen=True)
+class OmniAvatarConfig:
+    """Dimensions and fixed hyper-parameters of one OmniAvatar model (spec §3.1, §4, §5, §6, §2).
+
+    Field names of the DiT group follow Wan's `config.json` / upstream `model_config` keys, so a
+    directory's own config can override them by name.
+    """
+
+    name: str
+    # dit
+    dim: int = 1536
+    ffn_dim: int = 8960
+    num_heads: int = 12
+    num_layers: int = 30
+    freq_dim: int = 256
+    text_dim: int = 4096
+    in_dim: int = 33  # noisy latent (16) + reference latent (16) + mask (1)
+    out_dim: int = 16
+    eps: float = 1e-6
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    audio_hidden_size: int = 32
+    # lora (OmniAvatar config.json: lora_rank, lora_alpha, lora_target_modules)
+    lora_rank: int = 128
+    lora_alpha: float = 64.0
+    lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "ffn.0", "ffn.2")
+    # vae
+    vae_base_dim: int = 96
+    vae_z_dim: int = 16
+    vae_encode_tile: tuple[int, int] = (34, 34)  # (H, W) in latent cells; upstream multiplies by 8 for pixels
+    vae_encode_stride: tuple[int, int] = (18, 16)
+    vae_decode_tile: tuple[int, int] = (30, 52)
+    vae_decode_stride: tuple[int, int] = (15, 26)
+    # text
+    text_len: int = 512
+    t5_vocab: int = 256384
+    t5_dim: int = 4096
+    t5_ffn_dim: int = 10240
+    t5_num_heads: int = 64
+    t5_num_layers: int = 24
+    t5_num_buckets: int = 32
+    t5_max_distance: int = 128
+    # audio
+    audio_dim: int = 10752  # (wav2vec2 layers + 2) x hidden; replaced by the wav2vec2 folder's own value at load
+    audio_group: int = 4  # video frames per latent frame packed by AudioPack (the VAE's temporal stride)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def audio_layers(self) -> range:
+        """Blocks that receive audio: 2 .. num_layers // 2 (spec §3.3 step 6)."""
+        return range(2, self.num_layers // 2 + 1)
+
+    @property
+    def lora_scale(self) -> float:
+        return self.lora_alpha / self.lora_rank
+
+    def updated(self, **changes: Any) -> OmniAvatarConfig:
+        """A copy with `changes`; unknown names raise ValueError naming them."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown OmniAvatarConfig fields {unknown}; known: {sorted(known)}")
+        return replace(self, **changes)
+
+
+_SHARED = OmniAvatarConfig(name="shared")
+
+CONFIGS: dict[str, OmniAvatarConfig] = {
+    "1.3b": _SHARED.updated(name="1.3b", dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
+    "14b": _SHARED.updated(name="14b", dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+}
+
+
+def shipped_config(name: str) -> OmniAvatarConfig:
+    """The shipped config called `name` ("1.3b" or "14b")."""
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise ValueError(f"unknown OmniAvatar size {name!r}; shipped: {sorted(CONFIGS)}") from None
+
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class OmniAvatarOptions:
+    """The `options:` block of an OmniAvatar model YAML: where the files are and how to run them."""
+
+    base_dir: Path  # Wan2.1-T2V-14B/ or Wan2.1-T2V-1.3B/ (DiT shards, VAE, T5, tokenizer)
+    omniavatar_dir: Path  # OmniAvatar-14B/ or OmniAvatar-1.3B/ (pytorch_model.pt, config.json)
+    wav2vec_dir: Path  # wav2vec2-base-960h/
+    dtype: str = "bf16"  # fp32 | bf16 | fp16 for the DiT, VAE and T5; wav2vec2 always runs in fp32
+    device: str = "cuda"  # cuda | cuda:N | cpu
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any], root: Path | None = None) -> OmniAvatarOptions:
+        """Parse a YAML `options:` mapping; relative paths are resolved against `root` (default: cwd)."""
+        known = ("base_dir", "omniavatar_dir", "wav2vec_dir", "dtype", "device")
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"unknown OmniAvatar options {unknown}; known: {list(known)}")
+        missing = [k for k in ("base_dir", "omniavatar_dir", "wav2vec_dir") if not options.get(k)]
+        if missing:
+            raise ValueError(f"OmniAvatar options need {missing} (directories of the official downloads)")
+        dtype = str(options.get("dtype", "bf16"))
+        if dtype not in DTYPES:
+            raise ValueError(f"options.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        device = str(options.get("device", "cuda"))
+        if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+            raise ValueError(f"options.device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        base = Path(root) if root is not None else Path.cwd()
+        return cls(
+            base_dir=base / Path(options["base_dir"]).expanduser(),
+            omniavatar_dir=base / Path(options["omniavatar_dir"]).expanduser(),
+            wav2vec_dir=base / Path(options["wav2vec_dir"]).expanduser(),
+            dtype=dtype,
+            device=device,
+        )

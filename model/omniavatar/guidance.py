@@ -1,0 +1,71 @@
+"""Classifier-free guidance over text and audio, with upstream's 1 / 2 / 3-pass rule (spec §8)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Guidance", "guided_velocity"]
+
+# velocity(context, audio) -> (B, 16, T, h, w)
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Guidance scales of one request.
+
+    Args:
+        guidance_scale: text (and, by default, audio) guidance; 1.0 turns guidance off entirely, even when
+            `audio_scale` is set (upstream, spec Q11).
+        audio_scale: separate audio guidance; None or equal to `guidance_scale` means the 2-pass form.
+    """
+
+    guidance_scale: float
+    audio_scale: float | None = None
+
+    @property
+    def num_passes(self) -> int:
+        """DiT forwards per step: 1 without guidance, 2 when audio follows text, 3 with separate audio guidance."""
+        if self.guidance_scale == 1.0:
+            return 1
+        if self.audio_scale is None or self.audio_scale == self.guidance_scale:
+            return 2
+        return 3
+
+    @property
+    def needs_negative_prompt(self) -> bool:
+        return self.num_passes > 1
+
+
+def guided_velocity(
+    velocity: VelocityFn,
+    guidance: Guidance,
+    context: torch.Tensor,
+    negative_context: torch.Tensor | None,
+    audio: torch.Tensor,
+) -> torch.Tensor:
+    """One step's guided velocity (spec §8), combined in the velocities' dtype as upstream does.
+
+    - 1 pass: v(prompt, audio).
+    - 2 passes: v_neg + g·(v_pos − v_neg), v_neg = v(negative prompt, zero audio).
+    - 3 passes: v_t0 + g·(v_a0 − v_t0) + a·(v_pos − v_a0), v_a0 = v(prompt, zero audio),
+      v_t0 = v(negative prompt, zero audio).
+    "Zero audio" is an all-zero window, not the encoding of silence (spec Q10).
+    """
+    positive = velocity(context, audio)
+    passes = guidance.num_passes
+    if passes == 1:
+        return positive
+    if negative_context is None:
+        raise ValueError(f"guidance_scale {guidance.guidance_scale} needs the negative prompt's context")
+    zero_audio = torch.zeros_like(audio)
+    g = guidance.guidance_scale
+    if passes == 2:
+        negative = velocity(negative_context, zero_audio)
+        return negative + g * (positive - negative)
+    audio_negative = velocity(context, zero_audio)
+    text_negative = velocity(negative_context, zero_audio)
+    return text_negative + g * (audio_negative - text_negative) + guidance.audio_scale * (positive - audio_negative)

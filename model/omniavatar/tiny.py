@@ -1,0 +1,406 @@
+"""Writes tiny random OmniAvatar model folders in exactly the official layout (for tests and the CPU demo).
+
+    python -m model.omniavatar.tiny OUT_DIR [--sharded]
+
+produces what a user's download looks like, with tiny dimensions (model-stack.md) and random weights:
+    OUT_DIR/Wan2.1-T2V-tiny/     DiT in Wan-native key names (one safetensors file, or 14B-style shards +
+                                 index with --sharded), Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth in
+                                 Wan's T5 layout, google/umt5-xxl/tokenizer.json, config.json (Wan's format)
+    OUT_DIR/OmniAvatar-tiny/     pytorch_model.pt (peft-named LoRA pairs + full tensors), config.json
+    OUT_DIR/wav2vec2-base-960h/  a Wav2Vec2ForCTC checkpoint with config.json and preprocessor_config.json
+The tensor names and shapes come from the spec's tables (§3.2, §5, §6), not from the loader's conversions,
+so loading these folders tests the conversions. Writing takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from model.omniavatar.config import OmniAvatarConfig
+
+__all__ = ["TINY", "TinyDirs", "wan_dit_shapes", "wan_t5_shapes", "wan_vae_shapes", "write_tiny"]
+
+TINY = OmniAvatarConfig(
+    name="tiny",
+    # dit: head_dim 24 keeps Wan's 3-D RoPE split and diffusers' in agreement (model-stack.md)
+    dim=48,
+    ffn_dim=96,
+    num_heads=2,
+    num_layers=4,
+    freq_dim=32,
+    text_dim=32,
+    audio_hidden_size=8,
+    # lora
+    lora_rank=4,
+    lora_alpha=2.0,  # scale 0.5, as the official 128 / 64
+    # vae
+    vae_base_dim=4,
+    # text
+    t5_dim=32,
+    t5_ffn_dim=64,
+    t5_num_heads=2,
+    t5_num_layers=2,
+    # audio: (2 wav2vec2 layers + 2) x hidden 32
+    audio_dim=128,
+)
+TINY_WAV2VEC = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+TINY_WAV2VEC_CONV_DIM = 16
+
+TOKENIZER_SENTENCES = (
+    "A realistic video of a man speaking directly to the camera on a sofa, with dynamic and rhythmic hand gestures.",
+    "A woman talks to the camera and smiles. The camera remains steady.",
+    "Vivid color tones, background/camera moving quickly, screen switching, subtitles and special effects, mutation, "
+    "overexposed, static, blurred details, subtitles, style, work, painting, image, still, overall grayish, worst "
+    "quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly drawn hands, poorly "
+    "drawn face, deformed, disfigured, malformed limbs, fingers merging, motionless image, chaotic background, three "
+    "legs, crowded background with many people, walking backward",
+)
+
+
+def wan_dit_shapes(config: OmniAvatarConfig, in_dim: int = 16) -> dict[str, tuple[int, ...]]:
+    """Wan-native names and shapes of a Wan2.1 T2V DiT (spec §3.2); `in_dim` 16 for the base model."""
+    d, f, pt, ph, pw = config.dim, config.ffn_dim, *config.patch_size
+    shapes = {
+        "patch_embedding.weight": (d, in_dim, pt, ph, pw),
+        "patch_embedding.bias": (d,),
+        "text_embedding.0.weight": (d, config.text_dim),
+        "text_embedding.0.bias": (d,),
+        "text_embedding.2.weight": (d, d),
+        "text_embedding.2.bias": (d,),
+        "time_embedding.0.weight": (d, config.freq_dim),
+        "time_embedding.0.bias": (d,),
+        "time_embedding.2.weight": (d, d),
+        "time_embedding.2.bias": (d,),
+        "time_projection.1.weight": (6 * d, d),
+        "time_projection.1.bias": (6 * d,),
+    }
+    for n in range(config.num_layers):
+        block = f"blocks.{n}"
+        shapes[f"{block}.modulation"] = (1, 6, d)
+        for attn in ("self_attn", "cross_attn"):
+            for proj in "qkvo":
+                shapes[f"{block}.{attn}.{proj}.weight"] = (d, d)
+                shapes[f"{block}.{attn}.{proj}.bias"] = (d,)
+            shapes[f"{block}.{attn}.norm_q.weight"] = (d,)
+            shapes[f"{block}.{attn}.norm_k.weight"] = (d,)
+        shapes[f"{block}.norm3.weight"] = (d,)
+        shapes[f"{block}.norm3.bias"] = (d,)
+        shapes[f"{block}.ffn.0.weight"] = (f, d)
+        shapes[f"{block}.ffn.0.bias"] = (f,)
+        shapes[f"{block}.ffn.2.weight"] = (d, f)
+        shapes[f"{block}.ffn.2.bias"] = (d,)
+    shapes["head.modulation"] = (1, 2, d)
+    shapes["head.head.weight"] = (config.out_dim * pt * ph * pw, d)
+    shapes["head.head.bias"] = (config.out_dim * pt * ph * pw,)
+    return shapes
+
+
+def omniavatar_full_shapes(config: OmniAvatarConfig) -> dict[str, tuple[int, ...]]:
+    """The full (non-LoRA) tensors of OmniAvatar's pytorch_model.pt (spec §4)."""
+    d, hidden = config.dim, config.audio_hidden_size
+    shapes = {
+        "patch_embedding.weight": (d, config.in_dim, *config.patch_size),
+        "patch_embedding.bias": (d,),
+        "audio_proj.proj.weight": (hidden, config.audio_group * config.audio_dim),
+        "audio_proj.proj.bias": (hidden,),
+        "audio_proj.norm_out.weight": (hidden,),
+        "audio_proj.norm_out.bias": (hidden,),
+    }
+    for k in range(len(config.audio_layers)):
+        shapes[f"audio_cond_projs.{k}.weight"] = (d, hidden)
+        shapes[f"audio_cond_projs.{k}.bias"] = (d,)
+    return shapes
+
+
+def lora_shapes(config: OmniAvatarConfig, peft_default: bool = True) -> dict[str, tuple[int, ...]]:
+    """peft names and shapes of the LoRA pairs on q,k,v,o (both attentions), ffn.0 and ffn.2 of every block."""
+    adapter = ".default" if peft_default else ""
+    d, f, r = config.dim, config.ffn_dim, config.lora_rank
+    layers = {**{f"{a}.{p}": (d, d) for a in ("self_attn", "cross_attn") for p in "qkvo"}, "ffn.0": (f, d), "ffn.2": (d, f)}
+    shapes = {}
+    for n in range(config.num_layers):
+        for name, (out_features, in_features) in layers.items():
+            shapes[f"blocks.{n}.{name}.lora_A{adapter}.weight"] = (r, in_features)
+            shapes[f"blocks.{n}.{name}.lora_B{adapter}.weight"] = (out_features, r)
+    return shapes
+
+
+def _residual(prefix: str, c_in: int, c_out: int) -> dict[str, tuple[int, ...]]:
+    shapes = {
+        f"{prefix}.residual.0.gamma": (c_in, 1, 1, 1),
+        f"{prefix}.residual.2.weight": (c_out, c_in, 3, 3, 3),
+        f"{prefix}.residual.2.bias": (c_out,),
+        f"{prefix}.residual.3.gamma": (c_out, 1, 1, 1),
+        f"{prefix}.residual.6.weight": (c_out, c_out, 3, 3, 3),
+        f"{prefix}.residual.6.bias": (c_out,),
+    }
+    if c_in != c_out:
+        shapes[f"{prefix}.shortcut.weight"] = (c_out, c_in, 1, 1, 1)
+        shapes[f"{prefix}.shortcut.bias"] = (c_out,)
+    return shapes
+
+
+def _middle(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
+    return {
+        **_residual(f"{prefix}.0", c, c),
+        f"{prefix}.1.norm.gamma": (c, 1, 1),
+        f"{prefix}.1.to_qkv.weight": (3 * c, c, 1, 1),
+        f"{prefix}.1.to_qkv.bias": (3 * c,),
+        f"{prefix}.1.proj.weight": (c, c, 1, 1),
+        f"{prefix}.1.proj.bias": (c,),
+        **_residual(f"{prefix}.2", c, c),
+    }
+
+
+def _resample(prefix: str, c_in: int, c_out: int, temporal: bool, up: bool) -> dict[str, tuple[int, ...]]:
+    shapes = {f"{prefix}.resample.1.weight": (c_out, c_in, 3, 3), f"{prefix}.resample.1.bias": (c_out,)}
+    if temporal:
+        c_time = 2 * c_in if up else c_in  # upsample3d doubles channels into two frames
+        shapes[f"{prefix}.time_conv.weight"] = (c_time, c_in, 3, 1, 1)
+        shapes[f"{prefix}.time_conv.bias"] = (c_time,)
+    return shapes
+
+
+def wan_vae_shapes(base_dim: int = 96, z_dim: int = 16) -> dict[str, tuple[int, ...]]:
+    """Wan2.1_VAE.pth names and shapes (spec §6 module table): widths b, 2b, 4b, 4b; temporal down at 2nd/3rd."""
+    b = base_dim
+    shapes = {"encoder.conv1.weight": (b, 3, 3, 3, 3), "encoder.conv1.bias": (b,)}
+    # encoder: (Res, Res, down) x 3 levels + (Res, Res)
+    widths, index = [b, b, 2 * b, 4 * b, 4 * b], 0
+    for level, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
+        for _ in range(2):
+            shapes |= _residual(f"encoder.downsamples.{index}", c_in, c_out)
+            c_in, index = c_out, index + 1
+        if level < 3:
+            shapes |= _resample(f"encoder.downsamples.{index}", c_out, c_out, temporal=level > 0, up=False)
+            index += 1
+    shapes |= _middle("encoder.middle", 4 * b)
+    shapes |= {"encoder.head.0.gamma": (4 * b, 1, 1, 1), "encoder.head.2.weight": (2 * z_dim, 4 * b, 3, 3, 3)}
+    shapes |= {"encoder.head.2.bias": (2 * z_dim,)}
+    shapes |= {"conv1.weight": (2 * z_dim, 2 * z_dim, 1, 1, 1), "conv1.bias": (2 * z_dim,)}
+    shapes |= {"conv2.weight": (z_dim, z_dim, 1, 1, 1), "conv2.bias": (z_dim,)}
+    # decoder: conv1, middle, (Res x 3, up) x 3 levels + Res x 3; levels after the first start at half width
+    shapes |= {"decoder.conv1.weight": (4 * b, z_dim, 3, 3, 3), "decoder.conv1.bias": (4 * b,)}
+    shapes |= _middle("decoder.middle", 4 * b)
+    widths, index = [4 * b, 4 * b, 4 * b, 2 * b, b], 0
+    for level, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
+        c_in = c_in // 2 if level > 0 else c_in
+        for _ in range(3):
+            shapes |= _residual(f"decoder.upsamples.{index}", c_in, c_out)
+            c_in, index = c_out, index + 1
+        if level < 3:
+            shapes |= _resample(f"decoder.upsamples.{index}", c_out, c_out // 2, temporal=level < 2, up=True)
+            index += 1
+    shapes |= {"decoder.head.0.gamma": (b, 1, 1, 1), "decoder.head.2.weight": (3, b, 3, 3, 3)}
+    shapes |= {"decoder.head.2.bias": (3,)}
+    return shapes
+
+
+def wan_t5_shapes(config: OmniAvatarConfig) -> dict[str, tuple[int, ...]]:
+    """Wan's UMT5-XXL encoder layout (spec §5 table) at `config`'s sizes."""
+    d, ff = config.t5_dim, config.t5_ffn_dim
+    shapes = {"token_embedding.weight": (config.t5_vocab, d)}
+    for i in range(config.t5_num_layers):
+        shapes |= {
+            f"blocks.{i}.norm1.weight": (d,),
+            **{f"blocks.{i}.attn.{p}.weight": (d, d) for p in "qkvo"},
+            f"blocks.{i}.pos_embedding.embedding.weight": (config.t5_num_buckets, config.t5_num_heads),
+            f"blocks.{i}.norm2.weight": (d,),
+            f"blocks.{i}.ffn.gate.0.weight": (ff, d),
+            f"blocks.{i}.ffn.fc1.weight": (ff, d),
+            f"blocks.{i}.ffn.fc2.weight": (d, ff),
+        }
+    shapes["norm.weight"] = (d,)
+    return shapes
+
+
+def random_tensors(shapes: dict[str, tuple[int, ...]], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random weights that keep activations in range: norm scales ~1, small biases, N(0, 1/fan_in) matrices."""
+    tensors = {}
+    for name, shape in shapes.items():
+        noise = torch.randn(shape, generator=generator)
+        leaf = name.rsplit(".", 1)[0].rsplit(".", 1)[-1]  # the module's own name: norm3, norm_q, gamma, ...
+        if name.endswith("gamma") or (leaf.startswith("norm") and name.endswith(".weight")):
+            tensors[name] = 1.0 + 0.1 * noise  # RMS / LayerNorm scales
+        elif name.endswith("modulation"):
+            tensors[name] = noise / math.sqrt(shape[-1])
+        elif len(shape) == 1:
+            tensors[name] = 0.02 * noise  # biases
+        elif name == "token_embedding.weight" or "pos_embedding" in name:
+            tensors[name] = 0.5 * noise
+        else:
+            tensors[name] = noise / math.sqrt(math.prod(shape[1:]))
+    return tensors
+
+
+class TinyDirs:
+    """The three folders a tiny model is written to (and that a config's `options` point at)."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.base_dir = self.root / "Wan2.1-T2V-tiny"
+        self.omniavatar_dir = self.root / "OmniAvatar-tiny"
+        self.wav2vec_dir = self.root / "wav2vec2-base-960h"
+
+
+def write_tiny(
+    root: Path | str, config: OmniAvatarConfig = TINY, sharded: bool = False, peft_default: bool = True, seed: int = 0
+) -> TinyDirs:
+    """Write the three tiny model folders under `root` and return their paths.
+
+    Args:
+        root: output folder (created).
+        config: tiny dimensions (default `TINY`).
+        sharded: write the DiT as 14B-style shards with an index instead of one 1.3B-style file.
+        peft_default: name LoRA pairs `lora_A.default.weight` (peft) or `lora_A.weight`.
+        seed: seed of the random weights.
+    """
+    dirs = TinyDirs(root)
+    for d in (dirs.base_dir, dirs.omniavatar_dir, dirs.wav2vec_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+
+    vocab = _write_tokenizer(dirs.base_dir / "google" / "umt5-xxl")
+    config = config.updated(t5_vocab=vocab)
+    _write_dit(dirs.base_dir, config, random_tensors(wan_dit_shapes(config), generator), sharded)
+    torch.save(random_tensors(wan_vae_shapes(config.vae_base_dim, config.vae_z_dim), generator), dirs.base_dir / "Wan2.1_VAE.pth")
+    t5 = {k: v.to(torch.bfloat16) for k, v in random_tensors(wan_t5_shapes(config), generator).items()}
+    torch.save(t5, dirs.base_dir / "models_t5_umt5-xxl-enc-bf16.pth")
+    _write_json(
+        dirs.base_dir / "config.json",
+        {
+            "_class_name": "WanModel",
+            "model_type": "t2v",
+            "dim": config.dim,
+            "eps": config.eps,
+            "ffn_dim": config.ffn_dim,
+            "freq_dim": config.freq_dim,
+            "in_dim": 16,
+            "num_heads": config.num_heads,
+            "num_layers": config.num_layers,
+            "out_dim": config.out_dim,
+            "text_len": config.text_len,
+            "text_dim": config.text_dim,
+        },
+    )
+
+    omni = random_tensors({**omniavatar_full_shapes(config), **lora_shapes(config, peft_default)}, generator)
+    torch.save(omni, dirs.omniavatar_dir / "pytorch_model.pt")
+    _write_json(
+        dirs.omniavatar_dir / "config.json",
+        {
+            "i2v": True,
+            "use_audio": True,
+            "random_prefix_frames": True,
+            "model_config": {
+                "in_dim": config.in_dim,
+                "audio_hidden_size": config.audio_hidden_size,
+                "dim": config.dim,
+                "ffn_dim": config.ffn_dim,
+                "num_heads": config.num_heads,
+                "num_layers": config.num_layers,
+                "freq_dim": config.freq_dim,
+                "text_dim": config.text_dim,
+            },
+            "train_architecture": "lora",
+            "lora_target_modules": ",".join(config.lora_targets),
+            "init_lora_weights": "kaiming",
+            "lora_rank": config.lora_rank,
+            "lora_alpha": config.lora_alpha,
+        },
+    )
+    _write_wav2vec(dirs.wav2vec_dir, seed)
+    return dirs
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _write_dit(base_dir: Path, config: OmniAvatarConfig, tensors: dict[str, torch.Tensor], sharded: bool) -> None:
+    if not sharded:
+        save_file(tensors, base_dir / "diffusion_pytorch_model.safetensors")
+        return
+    keys, count = list(tensors), 3
+    per_shard = math.ceil(len(keys) / count)
+    weight_map = {}
+    for i in range(count):
+        name = f"diffusion_pytorch_model-{i + 1:05d}-of-{count:05d}.safetensors"
+        part = {k: tensors[k] for k in keys[i * per_shard : (i + 1) * per_shard]}
+        save_file(part, base_dir / name)
+        weight_map |= dict.fromkeys(part, name)
+    total = sum(t.nbytes for t in tensors.values())
+    _write_json(
+        base_dir / "diffusion_pytorch_model.safetensors.index.json",
+        {"metadata": {"total_size": total}, "weight_map": weight_map},
+    )
+
+
+def _write_tokenizer(folder: Path) -> int:
+    """A sentencepiece unigram model trained on a few sentences, saved as tokenizer.json; returns its size."""
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TOKENIZER_SENTENCES * 4),
+        model_writer=model,
+        vocab_size=128,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    vocab = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
+    T5Tokenizer(vocab=vocab, extra_ids=0).save_pretrained(folder)
+    return len(vocab)
+
+
+def _write_wav2vec(folder: Path, seed: int) -> None:
+    """A tiny Wav2Vec2ForCTC with the real conv geometry (so 640 samples give 2 conv frames) and extractor."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+
+    config = Wav2Vec2Config(
+        **TINY_WAV2VEC,
+        conv_dim=(TINY_WAV2VEC_CONV_DIM,) * 7,
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_bias=False,
+        feat_extract_norm="group",
+        do_stable_layer_norm=False,
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+        vocab_size=32,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Wav2Vec2ForCTC(config)
+    model.save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
+    ).save_pretrained(folder)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write tiny random OmniAvatar model folders (official layout).")
+    parser.add_argument("out_dir", type=Path, help="folder that receives Wan2.1-T2V-tiny/, OmniAvatar-tiny/, wav2vec2-base-960h/")
+    parser.add_argument("--sharded", action="store_true", help="write the DiT as shards + index (14B layout)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    dirs = write_tiny(args.out_dir, sharded=args.sharded, seed=args.seed)
+    print(f"wrote {dirs.base_dir}, {dirs.omniavatar_dir}, {dirs.wav2vec_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,7 @@ loading fails naming the file, the key, and the expected and found shapes. Nothi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -27,6 +28,7 @@ from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffu
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from safetensors import safe_open
 from torch import nn
+from transformers.utils import logging as transformers_logging
 from transformers import (
     AutoTokenizer,
     UMT5Config,
@@ -104,6 +106,20 @@ DECLARABLE_DIT_FIELDS = (
 
 class CheckpointError(ValueError):
     """A model file is missing, malformed or does not match the model it should hold."""
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports and progress bars (e.g. the unused CTC head of wav2vec2-base-960h)."""
+    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -201,7 +217,8 @@ class CheckpointFiles:
 
     @cached_property
     def wav2vec_config(self) -> Wav2Vec2Config:
-        return Wav2Vec2Config.from_pretrained(self.wav2vec_dir, local_files_only=True)
+        with quiet_transformers():
+            return Wav2Vec2Config.from_pretrained(self.wav2vec_dir, local_files_only=True)
 
     @cached_property
     def dit_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -670,14 +687,16 @@ def load_text_encoder(files: CheckpointFiles, config: OmniAvatarConfig, dtype: t
     filler.finish(str(files.t5_path))
     model.set_input_embeddings(model.shared)  # keep the two names one tensor
     _no_meta_left(model, "UMT5 encoder")
-    tokenizer = AutoTokenizer.from_pretrained(files.tokenizer_dir, local_files_only=True)
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(files.tokenizer_dir, local_files_only=True)
     return TextEncoder(model.eval().requires_grad_(False), tokenizer, config.text_len)
 
 
 def load_audio_encoder(files: CheckpointFiles, device, fps: int = 25) -> AudioEncoder:
     """wav2vec2-base-960h (a Wav2Vec2ForCTC checkpoint; the CTC head is unused) in float32."""
-    model = Wav2Vec2Model.from_pretrained(files.wav2vec_dir, local_files_only=True, dtype=torch.float32)
-    extractor = Wav2Vec2FeatureExtractor.from_pretrained(files.wav2vec_dir, local_files_only=True)
+    with quiet_transformers():
+        model = Wav2Vec2Model.from_pretrained(files.wav2vec_dir, local_files_only=True, dtype=torch.float32)
+        extractor = Wav2Vec2FeatureExtractor.from_pretrained(files.wav2vec_dir, local_files_only=True)
     return AudioEncoder(model.to(device).eval().requires_grad_(False), extractor, fps)
 
 

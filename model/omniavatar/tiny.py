@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from model.omniavatar.config import OmniAvatarConfig
+from model.omniavatar.loading import quiet_transformers
 
 __all__ = ["TINY", "TinyDirs", "wan_dit_shapes", "wan_t5_shapes", "wan_vae_shapes", "write_tiny"]
 
@@ -386,7 +387,8 @@ def _write_wav2vec(folder: Path, seed: int) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Wav2Vec2ForCTC(config)
-    model.save_pretrained(folder)
+    with quiet_transformers():
+        model.save_pretrained(folder)
     Wav2Vec2FeatureExtractor(
         feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
     ).save_pretrained(folder)

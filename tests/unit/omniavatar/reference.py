@@ -131,3 +131,43 @@ def reference_dit(
     # 8. unpatchify: feature ((p_t·2 + p_y)·2 + p_x)·16 + channel
     out = out.reshape(frames, gh, gw, 2, 2, -1)  # (T, gh, gw, p_y, p_x, 16)
     return out.permute(5, 0, 1, 3, 2, 4).reshape(-1, frames, height, width)
+
+
+def t5_bucket(relative: int, num_buckets: int = 32, max_distance: int = 128) -> int:
+    """Spec §5: bidirectional buckets, 16 per direction; exact below 8, logarithmic up to max_distance."""
+    half = num_buckets // 2
+    exact = half // 2
+    n = abs(relative)
+    if n < exact:
+        b = n
+    else:
+        b = min(half - 1, exact + int(math.log(n / exact) / math.log(max_distance / exact) * (half - exact)))
+    return half * (relative > 0) + b
+
+
+def reference_umt5(weights: dict[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Wan's UMT5 encoder in float64 from Wan-native names (spec §5): (n,) ids -> (n, d)."""
+    w = {k: v.double() for k, v in weights.items()}
+
+    def norm(x: torch.Tensor, name: str) -> torch.Tensor:
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-6) * w[name]
+
+    n = ids.shape[0]
+    heads = w["blocks.0.pos_embedding.embedding.weight"].shape[1]
+    x = w["token_embedding.weight"][ids]
+    num_layers = 1 + max(int(k.split(".")[1]) for k in w if k.startswith("blocks."))
+    buckets = torch.tensor([[t5_bucket(j - i) for j in range(n)] for i in range(n)])
+    for i in range(num_layers):
+        b = f"blocks.{i}"
+        h = norm(x, f"{b}.norm1.weight")
+        q, k, v = (h @ w[f"{b}.attn.{p}.weight"].T for p in "qkv")
+        q, k, v = (t.reshape(n, heads, -1).transpose(0, 1) for t in (q, k, v))  # (heads, n, d_kv)
+        bias = w[f"{b}.pos_embedding.embedding.weight"][buckets].permute(2, 0, 1)  # (heads, n, n)
+        logits = q @ k.transpose(1, 2) + bias  # no 1/sqrt(d) scaling
+        logits = logits.masked_fill(mask[None, None, :] == 0, float("-inf"))
+        att = torch.softmax(logits, -1) @ v
+        x = x + att.transpose(0, 1).reshape(n, -1) @ w[f"{b}.attn.o.weight"].T
+        h = norm(x, f"{b}.norm2.weight")
+        gated = F.gelu(h @ w[f"{b}.ffn.gate.0.weight"].T, approximate="tanh") * (h @ w[f"{b}.ffn.fc1.weight"].T)
+        x = x + gated @ w[f"{b}.ffn.fc2.weight"].T
+    return norm(x, "norm.weight")

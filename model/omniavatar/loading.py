@@ -41,6 +41,7 @@ from transformers import (
 from model.omniavatar.audio_encoder import AudioEncoder
 from model.omniavatar.config import CONFIGS, OmniAvatarConfig
 from model.omniavatar.dit import OmniAvatarTransformer
+from model.omniavatar.layouts import omniavatar_full_shapes, wan_dit_shapes, wan_t5_shapes, wan_vae_shapes
 from model.omniavatar.text_encoder import TextEncoder
 from model.omniavatar.vae import WanVAE
 
@@ -50,6 +51,7 @@ __all__ = [
     "LoadedModels",
     "convert_omniavatar_dit",
     "convert_umt5",
+    "check_layout",
     "dit_key_map",
     "load_models",
     "merge_lora",
@@ -86,16 +88,6 @@ UMT5_TIED = {"shared.weight": "encoder.embed_tokens.weight"}
 
 # peft LoRA names in OmniAvatar's pytorch_model.pt, with or without the adapter name `default` (spec §4)
 LORA_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])(?:\.default)?\.weight$")
-
-# Tensors of the OmniAvatar checkpoint that replace or extend the base DiT; without them the model is garbage.
-REQUIRED_OMNI_TENSORS = (
-    "patch_embedding.weight",
-    "patch_embedding.bias",
-    "audio_proj.proj.weight",
-    "audio_proj.proj.bias",
-    "audio_proj.norm_out.weight",
-    "audio_proj.norm_out.bias",
-)
 
 # DiT fields a config.json may set (Wan's config.json and OmniAvatar's `model_config` use these names)
 DECLARABLE_DIT_FIELDS = (
@@ -221,14 +213,20 @@ class CheckpointFiles:
             return Wav2Vec2Config.from_pretrained(self.wav2vec_dir, local_files_only=True)
 
     @cached_property
-    def dit_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Key -> shape of every base DiT tensor, from the safetensors headers (no tensor is read)."""
-        shapes: dict[str, tuple[int, ...]] = {}
+    def dit_index(self) -> dict[str, tuple[Path, tuple[int, ...]]]:
+        """Key -> (file, shape) of every base DiT tensor, from the safetensors headers (no tensor is read)."""
+        index: dict[str, tuple[Path, tuple[int, ...]]] = {}
         for path in self.dit_shards:
             with safe_open(path, framework="pt", device="cpu") as f:
                 for key in f.keys():
-                    shapes[key] = tuple(f.get_slice(key).get_shape())
-        return shapes
+                    if key in index:
+                        raise CheckpointError(f"{key} is in both {index[key][0]} and {path}")
+                    index[key] = (path, tuple(f.get_slice(key).get_shape()))
+        return index
+
+    @property
+    def dit_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {key: shape for key, (_, shape) in self.dit_index.items()}
 
     @cached_property
     def omniavatar_state(self) -> dict[str, torch.Tensor]:
@@ -520,7 +518,49 @@ def convert_umt5(state: Mapping[str, torch.Tensor], source: str = T5_FILE) -> di
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Assignment into meta-built networks
+# Checks and assignment into meta-built networks
+
+
+def check_layout(
+    found: Mapping[str, tuple[int, ...]],
+    expected: Mapping[str, tuple[int, ...]],
+    what: str,
+    where: str | Path | Mapping[str, Path],
+    skip_shape: Iterable[str] = (),
+) -> None:
+    """Raise CheckpointError unless `found` has exactly the keys of `expected`, with the same shapes.
+
+    Args:
+        what: what the tensors make up, e.g. "Wan2.1 DiT (1.3b: dim 1536, 30 layers)".
+        where: the file, or key -> file for sharded checkpoints.
+        skip_shape: keys whose shape is not checked (they are replaced later).
+    """
+    def file_of(key: str) -> str:
+        return str(where.get(key, "?")) if isinstance(where, Mapping) else str(where)
+
+    if isinstance(where, Mapping):
+        files = sorted({str(p) for p in where.values()})
+        source = ", ".join(files[:2]) + (f" (+{len(files) - 2} files)" if len(files) > 2 else "")
+    else:
+        source = str(where)
+    missing = [k for k in expected if k not in found]
+    if missing:
+        more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+        raise CheckpointError(f"{source}: the {what} lacks {len(missing)} tensors: {', '.join(missing[:6])}{more}")
+    unexpected = [k for k in found if k not in expected]
+    if unexpected:
+        more = f" and {len(unexpected) - 6} more" if len(unexpected) > 6 else ""
+        raise CheckpointError(f"{file_of(unexpected[0])}: unexpected tensors for the {what}: {', '.join(unexpected[:6])}{more}")
+    skip = set(skip_shape)
+    for key, shape in expected.items():
+        if key not in skip and tuple(found[key]) != tuple(shape):
+            raise CheckpointError(
+                f"{file_of(key)}: {key} has shape {list(found[key])}, the {what} expects {list(shape)}"
+            )
+
+
+def _describe(config: OmniAvatarConfig) -> str:
+    return f"{config.name}: dim {config.dim}, ffn {config.ffn_dim}, {config.num_layers} layers, {config.num_heads} heads"
 
 
 class _Filler:
@@ -568,6 +608,9 @@ def load_transformer(
 ) -> OmniAvatarTransformer:
     """The DiT: base shards streamed one at a time, OmniAvatar tensors overlaid, LoRA merged at load."""
     source = str(files.omniavatar_weights)
+    base_layout = wan_dit_shapes(config)
+    where = {key: path for key, (path, _) in files.dit_index.items()}
+    check_layout(files.dit_shapes, base_layout, f"Wan2.1 DiT ({_describe(config)})", where, ["patch_embedding.weight"])
     pairs, full = split_omniavatar_state_dict(files.omniavatar_state, source)
     _check_omniavatar_tensors(files, config, pairs, full)
     with torch.device("meta"):
@@ -641,17 +684,27 @@ def _check_omniavatar_tensors(
                 f"{source}: LoRA pair of {target} has A {list(pair.down.shape)}, B {list(pair.up.shape)}; expected "
                 f"A {list(want_a)}, B {list(want_b)} (rank {config.lora_rank} from {files.omniavatar_config_path})"
             )
-    required = [*REQUIRED_OMNI_TENSORS]
-    for k in range(len(config.audio_layers)):
-        required += [f"audio_cond_projs.{k}.weight", f"audio_cond_projs.{k}.bias"]
+    required = omniavatar_full_shapes(config)
     absent = [k for k in required if k not in full]
     if absent:
         raise CheckpointError(f"{source}: required OmniAvatar tensors are missing: {absent}; refusing to run")
+    base = files.dit_shapes
+    for key, tensor in full.items():
+        want = required.get(key, base.get(key))
+        if want is None:
+            raise CheckpointError(f"{source}: unexpected tensor {key!r}: neither an OmniAvatar module nor a base DiT tensor")
+        if tuple(tensor.shape) != tuple(want):
+            raise CheckpointError(
+                f"{source}: {key} has shape {list(tensor.shape)}, expected {list(want)} ({_describe(config)}, "
+                f"in_dim {config.in_dim}, audio {config.audio_dim} -> {config.audio_hidden_size})"
+            )
 
 
 def load_vae(files: CheckpointFiles, config: OmniAvatarConfig, dtype: torch.dtype, device) -> WanVAE:
     """Wan2.1_VAE.pth -> `WanVAE` (diffusers' AutoencoderKLWan, converted by diffusers' rename table)."""
     state = files.vae_state
+    layout = wan_vae_shapes(config.vae_base_dim, config.vae_z_dim)
+    check_layout({k: tuple(v.shape) for k, v in state.items()}, layout, "Wan VAE", files.vae_path)
     converted = convert_wan_vae_to_diffusers(state)
     with torch.device("meta"):
         model = AutoencoderKLWan(base_dim=config.vae_base_dim, z_dim=config.vae_z_dim)
@@ -665,6 +718,8 @@ def load_vae(files: CheckpointFiles, config: OmniAvatarConfig, dtype: torch.dtyp
 
 def load_text_encoder(files: CheckpointFiles, config: OmniAvatarConfig, dtype: torch.dtype, device) -> TextEncoder:
     """The 11 GB UMT5 encoder: built on meta, filled by assignment from the memory-mapped .pth."""
+    state = files.t5_state
+    check_layout({k: tuple(v.shape) for k, v in state.items()}, wan_t5_shapes(config), "UMT5 encoder", files.t5_path)
     umt5 = UMT5Config(
         vocab_size=config.t5_vocab,
         d_model=config.t5_dim,
@@ -683,7 +738,7 @@ def load_text_encoder(files: CheckpointFiles, config: OmniAvatarConfig, dtype: t
     with torch.device("meta"):
         model = UMT5EncoderModel(umt5)
     filler = _Filler(model, "UMT5 encoder", dtype, device)
-    filler.fill(convert_umt5(files.t5_state, str(files.t5_path)), str(files.t5_path))
+    filler.fill(convert_umt5(state, str(files.t5_path)), str(files.t5_path))
     filler.finish(str(files.t5_path))
     model.set_input_embeddings(model.shared)  # keep the two names one tensor
     _no_meta_left(model, "UMT5 encoder")

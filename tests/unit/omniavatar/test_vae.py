@@ -13,7 +13,7 @@ from .helpers import max_diff
 @pytest.mark.parametrize(("frames", "latent_frames"), [(1, 1), (5, 2), (9, 3)])
 def test_encode_decode_shapes(tiny_models, frames, latent_frames):
     vae = tiny_models.vae
-    video = torch.rand(1, 3, frames, 32, 48) * 2 - 1
+    video = torch.rand(1, 3, frames, 32, 48, generator=torch.Generator().manual_seed(frames)) * 2 - 1
     latents = vae.encode(video)
     assert latents.shape == (1, 16, latent_frames, 4, 6), f"expected (1, 16, {latent_frames}, 4, 6), found {tuple(latents.shape)}"
     decoded = vae.decode(latents)
@@ -29,18 +29,18 @@ def test_encode_rejects_frame_counts_that_are_not_1_plus_4k(tiny_models):
 def test_single_tile_equals_untiled_diffusers_calls_with_spec_normalisation(tiny_models):
     """When one tile covers the whole input, encode/decode equal diffusers' own untiled encode/decode."""
     vae = tiny_models.vae
-    video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    video = torch.rand(1, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     mean = torch.tensor([-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                          0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921]).view(1, 16, 1, 1, 1)  # fmt: skip
     std = torch.tensor([2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
                         3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160]).view(1, 16, 1, 1, 1)  # fmt: skip
     with torch.no_grad():
         latents = vae.encode(video)
-        want = (vae.model.encode(video).latent_dist.mean - mean) / std
+        want = (vae.model.encode(video).latent_dist.mean - mean) * (1 / std)  # spec §6: z = (μ - mean)·(1/std)
         diff = max_diff(latents, want)
         assert diff < 1e-5, f"tiled encode differs from untiled diffusers encode by {diff} (tolerance 1e-5)"
         decoded = vae.decode(latents)
-        want = vae.model.decode(latents * std + mean).sample  # diffusers clamps too
+        want = vae.model.decode(latents / (1 / std) + mean).sample  # spec §6; diffusers' decode clamps too
         diff = max_diff(decoded, want)
         assert diff < 1e-5, f"tiled decode differs from untiled diffusers decode by {diff} (tolerance 1e-5)"
 

@@ -1,0 +1,1 @@
+"""The preview backend: CPU-only, no weights; animates the reference image from the speech."""

@@ -1,0 +1,145 @@
+"""parse_request: every bad input is refused with the status, code and field of protocol.md."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.config import GenerationDefaults
+from model.errors import RequestError
+from model.request import RequestLimits, check_content_type, parse_request
+from tests.helpers import EXAMPLE_IMAGE, EXAMPLE_SPEECH, audio_file, b64, body, image_file, speech_like
+
+LIMITS = RequestLimits()
+DEFAULTS = GenerationDefaults(num_steps=7, guidance_scale=4.5, overlap_frame=13, num_frames=81, negative_prompt="neg")
+WAV = audio_file(speech_like(1.0), 16000)
+PNG = image_file(np.full((64, 48, 3), 128, np.uint8))
+
+
+def refused(raw: bytes, limits: RequestLimits = LIMITS) -> RequestError:
+    with pytest.raises(RequestError) as caught:
+        parse_request(raw, limits, DEFAULTS)
+    return caught.value
+
+
+def test_defaults_are_resolved() -> None:
+    request = parse_request(body(seed=5), LIMITS, DEFAULTS)
+    assert (request.num_steps, request.guidance_scale, request.audio_scale, request.overlap_frame) == (7, 4.5, None, 13)
+    assert (request.negative_prompt, request.num_frames, request.seed) == ("neg", 81, 5)
+    assert request.image is None and request.audio is None
+
+
+def test_prompt_is_trimmed_and_seed_is_random_when_missing() -> None:
+    seeds = {parse_request(body(prompt="  hello  "), LIMITS, DEFAULTS).seed for _ in range(5)}
+    assert parse_request(body(prompt="  hello  "), LIMITS, DEFAULTS).prompt == "hello"
+    assert len(seeds) > 1 and all(0 <= s < 2**32 for s in seeds), seeds
+
+
+def test_media_are_decoded() -> None:
+    request = parse_request(body(image_base64=b64(PNG), audio_base64="data:audio/wav;base64," + b64(WAV)), LIMITS, DEFAULTS)
+    assert request.image.shape == (64, 48, 3) and request.image.dtype == np.uint8
+    assert request.audio.samples.shape == (16000,) and request.audio.samples.dtype == np.float32
+    assert request.num_frames is None, "with audio the audio sets the length"
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code", "field"),
+    [
+        (b"{not json", 400, "invalid_json", None),
+        (b"[1, 2]", 400, "invalid_json", None),
+        (b'"text"', 400, "invalid_json", None),
+        (json.dumps({"seed": 1}).encode(), 422, "missing_field", "prompt"),
+        (body(prompt="   "), 422, "invalid_field", "prompt"),
+        (body(colour="red"), 422, "unknown_field", "colour"),
+        (body(num_steps=0), 422, "invalid_field", "num_steps"),
+        (body(num_steps=101), 422, "invalid_field", "num_steps"),
+        (body(num_steps="10"), 422, "invalid_field", "num_steps"),
+        (body(num_steps=4.5), 422, "invalid_field", "num_steps"),
+        (body(num_steps=True), 422, "invalid_field", "num_steps"),
+        (body(guidance_scale=0.5), 422, "invalid_field", "guidance_scale"),
+        (body(audio_scale=21), 422, "invalid_field", "audio_scale"),
+        (body(height=720, width=721), 422, "invalid_field", "width"),
+        (body(height=1296), 422, "invalid_field", "height"),
+        (body(seed=-1), 422, "invalid_field", "seed"),
+        (body(seed=2**32), 422, "invalid_field", "seed"),
+        (body(overlap_frame=12), 422, "invalid_field", "overlap_frame"),
+        (body(prompt=7), 422, "invalid_field", "prompt"),
+        (body(negative_prompt="x" * 2001), 422, "invalid_field", "negative_prompt"),
+        (body(prompt="x" * 2001), 422, "invalid_field", "prompt"),
+        (body(image_base64="not base64!!"), 422, "invalid_base64", "image_base64"),
+        (body(audio_base64="AAA"), 422, "invalid_base64", "audio_base64"),
+        (body(image_base64=b64(b"just some text, not an image")), 422, "invalid_image", "image_base64"),
+        (body(audio_base64=b64(b"just some text, not audio")), 422, "invalid_audio", "audio_base64"),
+        (body(audio_base64=b64(WAV[: len(WAV) // 2])), 422, "invalid_audio", "audio_base64"),
+        (body(audio_base64=b64(audio_file(speech_like(1.0), 16000, "FLAC")[:3000])), 422, "invalid_audio", "audio_base64"),
+        (body(audio_base64=b64(WAV), num_frames=50), 422, "invalid_field", "num_frames"),
+        (body(num_frames=15002), 422, "invalid_field", "num_frames"),
+    ],
+)
+def test_bad_input_is_refused(raw: bytes, status: int, code: str, field: str | None) -> None:
+    error = refused(raw)
+    assert (error.status, error.code, error.field) == (status, code, field), f"{error.status} {error.code} {error.field}: {error.message}"
+    assert error.message and "Traceback" not in error.message
+
+
+def test_error_messages_name_the_value_and_the_rule() -> None:
+    assert "unknown field 'colour'" in refused(body(colour="red")).message
+    message = refused(body(num_steps=500)).message
+    assert "num_steps" in message and "100" in message and "500" in message, message
+    assert "1 + 4n" in refused(body(overlap_frame=12)).message
+
+
+def test_body_and_media_limits() -> None:
+    small = RequestLimits(max_body_bytes=1000, max_audio_s=0.5, max_image_side=32)
+    assert (refused(body(prompt="x" * 2000), small).status, refused(body(prompt="x" * 2000), small).code) == (413, "body_too_large")
+    roomy = RequestLimits(max_audio_s=0.5, max_image_side=32)
+    assert refused(body(audio_base64=b64(WAV)), roomy).code == "audio_too_long"
+    assert refused(body(image_base64=b64(PNG)), roomy).code == "image_too_large"
+
+
+def test_content_type() -> None:
+    check_content_type("application/json")
+    check_content_type("application/json; charset=utf-8")
+    for wrong in (None, "text/plain", "multipart/form-data; boundary=x"):
+        with pytest.raises(RequestError) as caught:
+            check_content_type(wrong)
+        assert (caught.value.status, caught.value.code) == (415, "unsupported_media_type")
+
+
+def test_image_formats_orientation_and_alpha() -> None:
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:, :30] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    rotated = parse_request(body(image_base64=b64(image_file(pixels, "JPEG", exif=exif, quality=95))), LIMITS, DEFAULTS).image
+    assert rotated.shape == (60, 40, 3), f"EXIF orientation 6 should give a 60x40 upright image, got {rotated.shape}"
+    assert rotated[:30].mean() > 200 and rotated[30:].mean() < 50, "the white half should end up on top"
+    rgba = np.dstack([np.full((8, 8, 3), 90, np.uint8), np.zeros((8, 8), np.uint8)])
+    assert parse_request(body(image_base64=b64(image_file(rgba, "PNG"))), LIMITS, DEFAULTS).image.shape == (8, 8, 3)
+    assert parse_request(body(image_base64=b64(image_file(pixels, "WEBP"))), LIMITS, DEFAULTS).image.shape == (40, 60, 3)
+    gif = refused(body(image_base64=b64(image_file(pixels, "GIF"))))
+    assert gif.code == "invalid_image" and "GIF" in gif.message
+
+
+def test_audio_formats_decode_to_16k_mono() -> None:
+    tone = speech_like(1.0, rate=44100, channels=2)
+    for fmt in ("WAV", "FLAC", "OGG", "MP3"):
+        audio = parse_request(body(audio_base64=b64(audio_file(tone, 44100, fmt))), LIMITS, DEFAULTS).audio
+        assert abs(len(audio.samples) - 16000) <= 1200, f"{fmt}: expected about 16000 samples, got {len(audio.samples)}"
+        assert audio.playback.shape[0] == 2 and audio.playback_rate == 44100, (fmt, audio.playback.shape, audio.playback_rate)
+    wav = parse_request(body(audio_base64=b64(audio_file(tone, 44100))), LIMITS, DEFAULTS).audio
+    assert len(wav.samples) == 16000, "librosa's length: ceil(44100 * (16000 / 44100)) = 16000"
+    mono16k = speech_like(0.5)[:, 0]
+    same = parse_request(body(audio_base64=b64(audio_file(mono16k, 16000, "FLAC"))), LIMITS, DEFAULTS).audio.samples
+    np.testing.assert_allclose(same, mono16k, atol=1 / 32768, err_msg="16 kHz mono passes through (FLAC is 16-bit)")
+
+
+def test_example_files_decode() -> None:
+    request = parse_request(
+        body(image_base64=b64(EXAMPLE_IMAGE.read_bytes()), audio_base64=b64(EXAMPLE_SPEECH.read_bytes())), LIMITS, DEFAULTS
+    )
+    assert request.image.shape == (1104, 1472, 3)
+    assert 5.8 < request.audio.duration_s < 6.2, request.audio.duration_s

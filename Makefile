@@ -27,3 +27,6 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
+
+tiny-model: setup
+	$(PY) -m model.omniavatar.tiny .cache/omniavatar-tiny

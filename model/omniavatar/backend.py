@@ -1,0 +1,251 @@
+"""OmniAvatarBackend: the segment loop of spec §9 over the official weights, streamed segment by segment.
+
+Per request: the prompts are encoded once, the (lead-in + speech) audio is embedded once, the reference
+image is VAE-encoded once. Per segment: take the audio window, start from seeded noise, hold the fixed
+latent frames (the reference image for segment 0, the re-encoded tail of the previous segment after),
+run the guided flow-matching sampler, decode, and yield the kept frames at once. Only the last `overlap`
+frames of a segment are re-encoded for the next one; nothing else is decoded (no "recons", spec Q2).
+
+Noise is device independent: segment k starts from `torch.randn` of a CPU generator seeded `seed + k`, in
+float32, then moved and cast, so one seed gives the same video on CPU and GPU up to numerics and any
+segment can be regenerated on its own given its prefix.
+
+Requests without an image or without audio have no upstream path (spec Q1); here the reference latent is
+zero with no frame held in segment 0, and missing audio is the all-zero window guidance already uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.backend import AvatarBackend, CancelToken, SegmentFrames, StepCallback
+from model.config import ModelConfig, resolve_path
+from model.media.audio import with_lead_in
+from model.media.image import fit_to_bucket
+from model.omniavatar.config import OmniAvatarOptions
+from model.omniavatar.guidance import Guidance, guided_velocity
+from model.omniavatar.loading import CheckpointFiles, LoadedModels, load_models
+from model.omniavatar.scheduler import FlowMatchScheduler
+from model.plan import SegmentPlan, SegmentSpec
+from model.request import GenerateRequest
+
+__all__ = ["OmniAvatarBackend", "audio_window", "conditioning", "initial_noise", "to_uint8"]
+
+
+def conditioning(reference: torch.Tensor, latent_frames: int, fixed: int) -> torch.Tensor:
+    """The DiT's 17 conditioning channels: the reference latent on every frame, then the mask.
+
+    Args:
+        reference: (1, 16, 1, h, w) reference-image latent (zeros without an image).
+        latent_frames: T, latent frames per segment.
+        fixed: latent frames held clean (mask 0); the rest are generated (mask 1) (spec §3.5, §9.2-9.3).
+
+    Returns:
+        (1, 17, T, h, w) in the reference's dtype.
+    """
+    mask = torch.ones_like(reference[:, :1]).repeat(1, 1, latent_frames, 1, 1)  # (1, 1, T, h, w)
+    mask[:, :, :fixed] = 0
+    return torch.cat([reference.repeat(1, 1, latent_frames, 1, 1), mask], dim=1)
+
+
+def audio_window(embedding: torch.Tensor, spec: SegmentSpec) -> torch.Tensor:
+    """Rows [start, end) of the audio embedding E (S, C), where row -1 is the all-zero row -> (1, L, C)."""
+    start, end = spec.audio_window
+    padded = torch.cat([torch.zeros_like(embedding[:1]), embedding])  # row r of E is row r + 1 here
+    window = padded[start + 1 : end + 1]
+    if window.shape[0] != end - start:
+        raise ValueError(f"segment {spec.index}: audio rows {start}..{end} exceed the embedding's {embedding.shape[0]}")
+    return window[None]
+
+
+def initial_noise(shape: tuple[int, ...], seed: int, segment: int) -> torch.Tensor:
+    """Segment `segment`'s starting noise: float32 from a CPU generator seeded `seed + segment`."""
+    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed + segment), dtype=torch.float32)
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """(1, 3, n, H, W) float in [0, 1] -> (n, H, W, 3) uint8 by truncation, as upstream writes frames (Q25)."""
+    return (frames[0] * 255).to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class _Conditions:
+    """What every DiT call of one request shares."""
+
+    guidance: Guidance
+    context: torch.Tensor  # (1, text_len, text_dim)
+    negative: torch.Tensor | None  # the negative prompt's context, when guidance needs it
+    seed: int
+    num_steps: int
+
+
+class OmniAvatarBackend(AvatarBackend):
+    """OmniAvatar (Wan2.1-T2V + LoRA + audio) from the official files named in the config's `options`."""
+
+    name = "omniavatar"
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        options = OmniAvatarOptions.from_dict(config.options)
+        self.options = OmniAvatarOptions(
+            base_dir=resolve_path(options.base_dir),
+            omniavatar_dir=resolve_path(options.omniavatar_dir),
+            wav2vec_dir=resolve_path(options.wav2vec_dir),
+            dtype=options.dtype,
+            device=options.device,
+        )
+        if self.options.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"{config.source}: options.device is {self.options.device!r} but CUDA is not available")
+        files = CheckpointFiles.find(self.options.base_dir, self.options.omniavatar_dir, self.options.wav2vec_dir)
+        self.models: LoadedModels = load_models(
+            files, self.options.torch_dtype, self.options.device, fps=config.planning.fps
+        )
+        audio_rate = self.models.audio_encoder.sample_rate
+        if audio_rate != config.planning.sample_rate or audio_rate % config.planning.fps:
+            raise ValueError(
+                f"{config.source}: planning.sample_rate {config.planning.sample_rate} and fps {config.planning.fps} "
+                f"must match wav2vec2's {audio_rate} Hz with a whole number of samples per frame"
+            )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "model": f"OmniAvatar {self.models.config.name}",
+            "device": str(self.models.device),
+            "dtype": self.options.dtype,
+        }
+
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """One small pass through every network (kernel selection, allocator) before the first request."""
+        m = self.models
+        context = m.text_encoder.encode(["warm up"])
+        m.audio_encoder.encode(np.zeros(m.audio_encoder.samples_per_frame, np.float32), num_frames=1)
+        latents = torch.zeros(1, 16, 2, 4, 4, device=m.device, dtype=m.dtype)
+        y = conditioning(torch.zeros_like(latents[:, :, :1]), 2, 1)
+        audio = torch.zeros(1, 5, m.config.audio_dim, device=m.device, dtype=m.dtype)
+        m.dit(torch.cat([latents, y], 1), torch.tensor([1000.0], device=m.device), context, audio)
+        m.vae.encode(m.vae.decode(latents))
+
+    def generate(
+        self, request: GenerateRequest, plan: SegmentPlan, cancel: CancelToken, on_step: StepCallback
+    ) -> Iterator[SegmentFrames]:
+        """Generate a request's video segment by segment (see `AvatarBackend.generate`).
+
+        Yields:
+            SegmentFrames with plan.segments[i].num_frames uint8 frames each, as soon as segment i is decoded.
+
+        Raises:
+            GenerationCancelled: `cancel` was set; checked before every denoising step and every VAE call.
+        """
+        # 1. Encode prompt: once per request, the negative prompt only when guidance needs it
+        conditions = self._encode_prompts(request)
+        # 2. Encode audio: the whole (lead-in + speech) clip once; each segment takes its window below
+        embedding = self._encode_audio(request, plan)
+        reference, has_image = self._encode_reference(request, plan)
+        prefix, prefix_frames = reference, int(has_image)  # latents held clean: the reference image for segment 0
+        for spec in plan.segments:
+            cancel.checkpoint()
+            window = self._window(embedding, spec, plan)
+            y = conditioning(reference, plan.latent_frames, prefix_frames)
+            # 3. Prepare latents, 4. Denoise
+            latents = self._denoise(spec, plan, conditions, window, y, prefix[:, :, :prefix_frames], cancel, on_step)
+            # 5. Decode: all L frames, keep [keep_from, keep_from + num_frames)
+            cancel.checkpoint()
+            frames = self._decode(latents)  # (1, 3, L, H, W) float32 in [0, 1]
+            kept = frames[:, :, spec.keep_from : spec.keep_from + spec.num_frames]
+            yield SegmentFrames(index=spec.index, frames=to_uint8(kept))
+            if spec.index + 1 < plan.num_segments:
+                cancel.checkpoint()
+                prefix, prefix_frames = self._encode_prefix(frames, plan), plan.prefix_latents
+
+    @torch.inference_mode()
+    def _encode_prompts(self, request: GenerateRequest) -> _Conditions:
+        guidance = Guidance(request.guidance_scale, request.audio_scale)
+        encoder = self.models.text_encoder
+        context = encoder.encode([request.prompt])  # (1, text_len, text_dim)
+        negative = encoder.encode([request.negative_prompt]) if guidance.needs_negative_prompt else None
+        return _Conditions(guidance, context, negative, request.seed, request.num_steps)
+
+    @torch.inference_mode()
+    def _encode_audio(self, request: GenerateRequest, plan: SegmentPlan) -> torch.Tensor | None:
+        """E: (S, C) float32, one row per padded audio frame; None without audio (every window is zero)."""
+        if request.audio is None:
+            return None
+        samples = with_lead_in(request.audio.samples, plan.lead_in_s, self.config.planning.sample_rate)
+        return self.models.audio_encoder.encode(samples, plan.padded_audio_frames)
+
+    @torch.inference_mode()
+    def _encode_reference(self, request: GenerateRequest, plan: SegmentPlan) -> tuple[torch.Tensor, bool]:
+        """The reference image fitted to the bucket and VAE-encoded: (1, 16, 1, h, w); zeros without an image."""
+        m = self.models
+        h, w = plan.height // m.vae.spatial_factor, plan.width // m.vae.spatial_factor
+        if request.image is None:
+            return torch.zeros(1, m.config.vae_z_dim, 1, h, w, device=m.device, dtype=m.dtype), False
+        pixels = torch.from_numpy(fit_to_bucket(request.image, plan.height, plan.width))  # (H, W, 3) in [0, 1]
+        pixels = pixels.permute(2, 0, 1)[None, :, None].to(m.device) * 2 - 1  # (1, 3, 1, H, W) in [-1, 1]
+        return m.vae.encode(pixels.to(m.dtype)), True
+
+    def _window(self, embedding: torch.Tensor | None, spec: SegmentSpec, plan: SegmentPlan) -> torch.Tensor:
+        """This segment's (1, L, C) audio rows in the model dtype (upstream casts the slice to bf16)."""
+        m = self.models
+        if embedding is None:
+            return torch.zeros(1, plan.frames_per_segment, m.config.audio_dim, device=m.device, dtype=m.dtype)
+        return audio_window(embedding, spec).to(m.dtype)
+
+    @torch.inference_mode()
+    def _denoise(
+        self,
+        spec: SegmentSpec,
+        plan: SegmentPlan,
+        conditions: _Conditions,
+        window: torch.Tensor,
+        y: torch.Tensor,
+        held: torch.Tensor,
+        cancel: CancelToken,
+        on_step: StepCallback,
+    ) -> torch.Tensor:
+        """Steps 3-4 of one segment: seeded noise, then the guided Euler loop with `held` (1, 16, p, h, w)
+        written over the first p latent frames before every step and after the last one (spec §7)."""
+        m = self.models
+        # 3. Prepare latents: (1, 16, T, h, w), device-independent noise
+        shape = (1, m.config.vae_z_dim, plan.latent_frames, *y.shape[-2:])
+        latents = initial_noise(shape, conditions.seed, spec.index).to(device=m.device, dtype=m.dtype)
+        fixed = held.shape[2]
+        scheduler = FlowMatchScheduler(shift=5.0)
+        scheduler.set_timesteps(conditions.num_steps)
+        # 4. Denoise
+        for i, t in enumerate(scheduler.timesteps):
+            cancel.checkpoint()
+            latents[:, :, :fixed] = held
+            x = torch.cat([latents, y], dim=1)  # (1, 33, T, h, w)
+            timestep = t.reshape(1).to(m.device)  # the DiT casts it to its dtype before the sinusoid
+
+            def velocity(context: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+                return m.dit(x, timestep, context, audio)[0]  # (1, 16, T, h, w)
+
+            v = guided_velocity(velocity, conditions.guidance, conditions.context, conditions.negative, window)
+            latents = scheduler.step(v, i, latents)
+            on_step(spec.index, i + 1, conditions.num_steps)
+        latents[:, :, :fixed] = held
+        return latents
+
+    @torch.inference_mode()
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(1, 16, T, h, w) -> (1, 3, L, H, W) float32 in [0, 1], as upstream maps decoded frames."""
+        return (self.models.vae.decode(latents).float() + 1) / 2
+
+    @torch.inference_mode()
+    def _encode_prefix(self, frames: torch.Tensor, plan: SegmentPlan) -> torch.Tensor:
+        """The last `overlap` decoded frames re-encoded: (1, 16, p, h, w), the next segment's held latents."""
+        m = self.models
+        tail = frames[:, :, -plan.overlap :].clamp(0, 1) * 2 - 1  # (1, 3, f, H, W) in [-1, 1]
+        latents = m.vae.encode(tail.to(m.dtype))
+        if latents.shape[2] != plan.prefix_latents:
+            raise RuntimeError(f"{plan.overlap} frames encoded to {latents.shape[2]} latents, expected {plan.prefix_latents}")
+        return latents

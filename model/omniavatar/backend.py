@@ -74,7 +74,7 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _Conditions:
+class Conditions:
     """What every DiT call of one request shares."""
 
     guidance: Guidance
@@ -144,36 +144,36 @@ class OmniAvatarBackend(AvatarBackend):
             GenerationCancelled: `cancel` was set; checked before every denoising step and every VAE call.
         """
         # 1. Encode prompt: once per request, the negative prompt only when guidance needs it
-        conditions = self._encode_prompts(request)
+        conditions = self.encode_prompts(request)
         # 2. Encode audio: the whole (lead-in + speech) clip once; each segment takes its window below
-        embedding = self._encode_audio(request, plan)
-        reference, has_image = self._encode_reference(request, plan)
+        embedding = self.encode_audio(request, plan)
+        reference, has_image = self.encode_reference(request, plan)
         prefix, prefix_frames = reference, int(has_image)  # latents held clean: the reference image for segment 0
         for spec in plan.segments:
             cancel.checkpoint()
             window = self._window(embedding, spec, plan)
             y = conditioning(reference, plan.latent_frames, prefix_frames)
             # 3. Prepare latents, 4. Denoise
-            latents = self._denoise(spec, plan, conditions, window, y, prefix[:, :, :prefix_frames], cancel, on_step)
+            latents = self.denoise(spec, plan, conditions, window, y, prefix[:, :, :prefix_frames], cancel, on_step)
             # 5. Decode: all L frames, keep [keep_from, keep_from + num_frames)
             cancel.checkpoint()
-            frames = self._decode(latents)  # (1, 3, L, H, W) float32 in [0, 1]
+            frames = self.decode(latents)  # (1, 3, L, H, W) float32 in [0, 1]
             kept = frames[:, :, spec.keep_from : spec.keep_from + spec.num_frames]
             yield SegmentFrames(index=spec.index, frames=to_uint8(kept))
             if spec.index + 1 < plan.num_segments:
                 cancel.checkpoint()
-                prefix, prefix_frames = self._encode_prefix(frames, plan), plan.prefix_latents
+                prefix, prefix_frames = self.encode_prefix(frames, plan), plan.prefix_latents
 
     @torch.inference_mode()
-    def _encode_prompts(self, request: GenerateRequest) -> _Conditions:
+    def encode_prompts(self, request: GenerateRequest) -> Conditions:
         guidance = Guidance(request.guidance_scale, request.audio_scale)
         encoder = self.models.text_encoder
         context = encoder.encode([request.prompt])  # (1, text_len, text_dim)
         negative = encoder.encode([request.negative_prompt]) if guidance.needs_negative_prompt else None
-        return _Conditions(guidance, context, negative, request.seed, request.num_steps)
+        return Conditions(guidance, context, negative, request.seed, request.num_steps)
 
     @torch.inference_mode()
-    def _encode_audio(self, request: GenerateRequest, plan: SegmentPlan) -> torch.Tensor | None:
+    def encode_audio(self, request: GenerateRequest, plan: SegmentPlan) -> torch.Tensor | None:
         """E: (S, C) float32, one row per padded audio frame; None without audio (every window is zero)."""
         if request.audio is None:
             return None
@@ -181,7 +181,7 @@ class OmniAvatarBackend(AvatarBackend):
         return self.models.audio_encoder.encode(samples, plan.padded_audio_frames)
 
     @torch.inference_mode()
-    def _encode_reference(self, request: GenerateRequest, plan: SegmentPlan) -> tuple[torch.Tensor, bool]:
+    def encode_reference(self, request: GenerateRequest, plan: SegmentPlan) -> tuple[torch.Tensor, bool]:
         """The reference image fitted to the bucket and VAE-encoded: (1, 16, 1, h, w); zeros without an image."""
         m = self.models
         h, w = plan.height // m.vae.spatial_factor, plan.width // m.vae.spatial_factor
@@ -199,11 +199,11 @@ class OmniAvatarBackend(AvatarBackend):
         return audio_window(embedding, spec).to(m.dtype)
 
     @torch.inference_mode()
-    def _denoise(
+    def denoise(
         self,
         spec: SegmentSpec,
         plan: SegmentPlan,
-        conditions: _Conditions,
+        conditions: Conditions,
         window: torch.Tensor,
         y: torch.Tensor,
         held: torch.Tensor,
@@ -236,12 +236,12 @@ class OmniAvatarBackend(AvatarBackend):
         return latents
 
     @torch.inference_mode()
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(1, 16, T, h, w) -> (1, 3, L, H, W) float32 in [0, 1], as upstream maps decoded frames."""
         return (self.models.vae.decode(latents).float() + 1) / 2
 
     @torch.inference_mode()
-    def _encode_prefix(self, frames: torch.Tensor, plan: SegmentPlan) -> torch.Tensor:
+    def encode_prefix(self, frames: torch.Tensor, plan: SegmentPlan) -> torch.Tensor:
         """The last `overlap` decoded frames re-encoded: (1, 16, p, h, w), the next segment's held latents."""
         m = self.models
         tail = frames[:, :, -plan.overlap :].clamp(0, 1) * 2 - 1  # (1, 3, f, H, W) in [-1, 1]

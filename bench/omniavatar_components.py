@@ -73,11 +73,15 @@ def timed(fn: Callable[[], object], repeat: int, sync: Callable[[], None]) -> fl
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=TINY_CONFIG, help=f"model YAML (default {TINY_CONFIG}, written to a temp dir)")
+    parser.add_argument(
+        "--config", default=TINY_CONFIG, help=f"model YAML (default {TINY_CONFIG}, written to a temp dir)"
+    )
     parser.add_argument("--seconds", type=float, default=3.0, help="speech length of the synthetic request")
     parser.add_argument("--steps", type=int, help="denoising steps per segment (default: the config's)")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (on a shared CPU, 1 is fastest for tiny tensors)")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (on a shared CPU, 1 is fastest for tiny tensors)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -144,7 +148,9 @@ def run(backend: OmniAvatarBackend, config, args: argparse.Namespace) -> None:
     )
     print(f"{'component':<30}{'ms/call':>12}{'calls/segment':>15}{'ms/segment':>13}{'share':>8}")
     for name, seconds, calls in rows:
-        print(f"{name:<30}{seconds * 1e3:>12.2f}{calls:>15.2f}{seconds * calls * 1e3:>13.2f}{seconds * calls / total:>8.1%}")
+        print(
+            f"{name:<30}{seconds * 1e3:>12.2f}{calls:>15.2f}{seconds * calls * 1e3:>13.2f}{seconds * calls / total:>8.1%}"
+        )
     print(f"{'segment (sum)':<30}{'':>12}{'':>15}{total * 1e3:>13.2f}{1:>8.0%}")
 
     start = time.perf_counter()

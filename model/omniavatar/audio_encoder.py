@@ -58,7 +58,9 @@ class AudioEncoder(nn.Module):
         values = self.normalize(samples)
         padded_len = num_frames * self.samples_per_frame
         if values.shape[0] > padded_len:
-            raise ValueError(f"{values.shape[0]} audio samples do not fit in {num_frames} frames ({padded_len} samples)")
+            raise ValueError(
+                f"{values.shape[0]} audio samples do not fit in {num_frames} frames ({padded_len} samples)"
+            )
         device = self.model.device
         wave = torch.zeros(1, padded_len, dtype=torch.float32, device=device)
         wave[0, : values.shape[0]] = torch.from_numpy(values).to(device)

@@ -226,7 +226,7 @@ class OmniAvatarBackend(AvatarBackend):
             x = torch.cat([latents, y], dim=1)  # (1, 33, T, h, w)
             timestep = t.reshape(1).to(m.device)  # the DiT casts it to its dtype before the sinusoid
 
-            def velocity(context: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+            def velocity(context: torch.Tensor, audio: torch.Tensor, x=x, timestep=timestep) -> torch.Tensor:
                 return m.dit(x, timestep, context, audio)[0]  # (1, 16, T, h, w)
 
             v = guided_velocity(velocity, conditions.guidance, conditions.context, conditions.negative, window)
@@ -247,5 +247,7 @@ class OmniAvatarBackend(AvatarBackend):
         tail = frames[:, :, -plan.overlap :].clamp(0, 1) * 2 - 1  # (1, 3, f, H, W) in [-1, 1]
         latents = m.vae.encode(tail.to(m.dtype))
         if latents.shape[2] != plan.prefix_latents:
-            raise RuntimeError(f"{plan.overlap} frames encoded to {latents.shape[2]} latents, expected {plan.prefix_latents}")
+            raise RuntimeError(
+                f"{plan.overlap} frames encoded to {latents.shape[2]} latents, expected {plan.prefix_latents}"
+            )
         return latents

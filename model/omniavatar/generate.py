@@ -32,7 +32,9 @@ DEFAULT_SEED = 42  # upstream's configs/inference.yaml
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", required=True, type=Path, help="model YAML, e.g. configs/omniavatar-14b.yaml")
     p.add_argument("--base-dir", type=Path, help="Wan2.1-T2V-14B/ or -1.3B/ (overrides the config's options.base_dir)")
     p.add_argument("--omniavatar-dir", type=Path, help="OmniAvatar-14B/ or -1.3B/ (overrides options.omniavatar_dir)")

@@ -79,7 +79,11 @@ def lora_shapes(config: OmniAvatarConfig, peft_default: bool = True) -> Shapes:
     """peft names and shapes of the LoRA pairs on q,k,v,o (both attentions), ffn.0 and ffn.2 of every block."""
     adapter = ".default" if peft_default else ""
     d, f, r = config.dim, config.ffn_dim, config.lora_rank
-    layers = {**{f"{a}.{p}": (d, d) for a in ("self_attn", "cross_attn") for p in "qkvo"}, "ffn.0": (f, d), "ffn.2": (d, f)}
+    layers = {
+        **{f"{a}.{p}": (d, d) for a in ("self_attn", "cross_attn") for p in "qkvo"},
+        "ffn.0": (f, d),
+        "ffn.2": (d, f),
+    }
     shapes = {}
     for n in range(config.num_layers):
         for name, (out_features, in_features) in layers.items():
@@ -130,7 +134,7 @@ def wan_vae_shapes(base_dim: int = 96, z_dim: int = 16) -> Shapes:
     shapes = {"encoder.conv1.weight": (b, 3, 3, 3, 3), "encoder.conv1.bias": (b,)}
     # encoder: (Res, Res, down) x 3 levels + (Res, Res)
     widths, index = [b, b, 2 * b, 4 * b, 4 * b], 0
-    for level, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
+    for level, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
         for _ in range(2):
             shapes |= _residual(f"encoder.downsamples.{index}", c_in, c_out)
             c_in, index = c_out, index + 1
@@ -146,7 +150,7 @@ def wan_vae_shapes(base_dim: int = 96, z_dim: int = 16) -> Shapes:
     shapes |= {"decoder.conv1.weight": (4 * b, z_dim, 3, 3, 3), "decoder.conv1.bias": (4 * b,)}
     shapes |= _middle("decoder.middle", 4 * b)
     widths, index = [4 * b, 4 * b, 4 * b, 2 * b, b], 0
-    for level, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
+    for level, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
         c_in = c_in // 2 if level > 0 else c_in
         for _ in range(3):
             shapes |= _residual(f"decoder.upsamples.{index}", c_in, c_out)
@@ -175,5 +179,3 @@ def wan_t5_shapes(config: OmniAvatarConfig) -> Shapes:
         }
     shapes["norm.weight"] = (d,)
     return shapes
-
-

@@ -28,7 +28,6 @@ from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffu
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from safetensors import safe_open
 from torch import nn
-from transformers.utils import logging as transformers_logging
 from transformers import (
     AutoTokenizer,
     UMT5Config,
@@ -37,6 +36,7 @@ from transformers import (
     Wav2Vec2FeatureExtractor,
     Wav2Vec2Model,
 )
+from transformers.utils import logging as transformers_logging
 
 from model.omniavatar.audio_encoder import AudioEncoder
 from model.omniavatar.config import CONFIGS, OmniAvatarConfig
@@ -535,6 +535,7 @@ def check_layout(
         where: the file, or key -> file for sharded checkpoints.
         skip_shape: keys whose shape is not checked (they are replaced later).
     """
+
     def file_of(key: str) -> str:
         return str(where.get(key, "?")) if isinstance(where, Mapping) else str(where)
 
@@ -550,7 +551,9 @@ def check_layout(
     unexpected = [k for k in found if k not in expected]
     if unexpected:
         more = f" and {len(unexpected) - 6} more" if len(unexpected) > 6 else ""
-        raise CheckpointError(f"{file_of(unexpected[0])}: unexpected tensors for the {what}: {', '.join(unexpected[:6])}{more}")
+        raise CheckpointError(
+            f"{file_of(unexpected[0])}: unexpected tensors for the {what}: {', '.join(unexpected[:6])}{more}"
+        )
     skip = set(skip_shape)
     for key, shape in expected.items():
         if key not in skip and tuple(found[key]) != tuple(shape):
@@ -560,7 +563,9 @@ def check_layout(
 
 
 def _describe(config: OmniAvatarConfig) -> str:
-    return f"{config.name}: dim {config.dim}, ffn {config.ffn_dim}, {config.num_layers} layers, {config.num_heads} heads"
+    return (
+        f"{config.name}: dim {config.dim}, ffn {config.ffn_dim}, {config.num_layers} layers, {config.num_heads} heads"
+    )
 
 
 class _Filler:
@@ -675,7 +680,9 @@ def _check_omniavatar_tensors(
         )
     extra = sorted(set(pairs) - targets)
     if extra:
-        raise CheckpointError(f"{source}: LoRA pairs for layers that are not targets {list(config.lora_targets)}: {extra[:4]}")
+        raise CheckpointError(
+            f"{source}: LoRA pairs for layers that are not targets {list(config.lora_targets)}: {extra[:4]}"
+        )
     for target, pair in pairs.items():
         out_features, in_features = files.dit_shapes[target]
         want_a, want_b = (config.lora_rank, in_features), (out_features, config.lora_rank)
@@ -692,7 +699,9 @@ def _check_omniavatar_tensors(
     for key, tensor in full.items():
         want = required.get(key, base.get(key))
         if want is None:
-            raise CheckpointError(f"{source}: unexpected tensor {key!r}: neither an OmniAvatar module nor a base DiT tensor")
+            raise CheckpointError(
+                f"{source}: unexpected tensor {key!r}: neither an OmniAvatar module nor a base DiT tensor"
+            )
         if tuple(tensor.shape) != tuple(want):
             raise CheckpointError(
                 f"{source}: {key} has shape {list(tensor.shape)}, expected {list(want)} ({_describe(config)}, "
@@ -712,7 +721,9 @@ def load_vae(files: CheckpointFiles, config: OmniAvatarConfig, dtype: torch.dtyp
     filler.fill(converted, str(files.vae_path))
     filler.finish(str(files.vae_path))
     _no_meta_left(model, "VAE")
-    vae = WanVAE(model, config.vae_encode_tile, config.vae_encode_stride, config.vae_decode_tile, config.vae_decode_stride)
+    vae = WanVAE(
+        model, config.vae_encode_tile, config.vae_encode_stride, config.vae_decode_tile, config.vae_decode_stride
+    )
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -789,4 +800,3 @@ def load_models(
     for path in ("omniavatar_state", "vae_state", "t5_state"):
         files.__dict__.pop(path, None)  # drop our references to the memory maps (the models keep what they use)
     return models
-

@@ -115,7 +115,10 @@ def write_tiny(
     vocab = _write_tokenizer(dirs.base_dir / "google" / "umt5-xxl")
     config = config.updated(t5_vocab=vocab)
     _write_dit(dirs.base_dir, config, random_tensors(wan_dit_shapes(config), generator), sharded)
-    torch.save(random_tensors(wan_vae_shapes(config.vae_base_dim, config.vae_z_dim), generator), dirs.base_dir / "Wan2.1_VAE.pth")
+    torch.save(
+        random_tensors(wan_vae_shapes(config.vae_base_dim, config.vae_z_dim), generator),
+        dirs.base_dir / "Wan2.1_VAE.pth",
+    )
     t5 = {k: v.to(torch.bfloat16) for k, v in random_tensors(wan_t5_shapes(config), generator).items()}
     torch.save(t5, dirs.base_dir / "models_t5_umt5-xxl-enc-bf16.pth")
     _write_json(
@@ -240,7 +243,9 @@ def _write_wav2vec(folder: Path, seed: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write tiny random OmniAvatar model folders (official layout).")
-    parser.add_argument("out_dir", type=Path, help="folder that receives Wan2.1-T2V-tiny/, OmniAvatar-tiny/, wav2vec2-base-960h/")
+    parser.add_argument(
+        "out_dir", type=Path, help="folder that receives Wan2.1-T2V-tiny/, OmniAvatar-tiny/, wav2vec2-base-960h/"
+    )
     parser.add_argument("--sharded", action="store_true", help="write the DiT as shards + index (14B layout)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

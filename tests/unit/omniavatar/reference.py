@@ -63,7 +63,11 @@ def reference_dit(
     a = torch.cat([a[:1].repeat(3, 1), a]).reshape(frames, -1)  # (T, 4C)
     hidden = w["audio_proj.proj.weight"].shape[0]
     z = F.layer_norm(
-        linear(a, "audio_proj.proj"), (hidden,), w["audio_proj.norm_out.weight"], w["audio_proj.norm_out.bias"], eps=1e-5
+        linear(a, "audio_proj.proj"),
+        (hidden,),
+        w["audio_proj.norm_out.weight"],
+        w["audio_proj.norm_out.bias"],
+        eps=1e-5,
     )
     num_layers = 1 + max(int(k.split(".")[1]) for k in w if k.startswith("blocks."))
     audio_terms = {l: linear(z, f"audio_cond_projs.{l - 2}") for l in range(2, num_layers // 2 + 1)}  # (T, D)

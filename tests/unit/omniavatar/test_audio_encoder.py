@@ -12,9 +12,9 @@ from .helpers import max_diff
 def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * 16000)) / 16000
-    return (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.05 * rng.standard_normal(t.shape)).astype(
-        np.float32
-    )
+    return (
+        0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.05 * rng.standard_normal(t.shape)
+    ).astype(np.float32)
 
 
 def test_embedding_width_rows_and_layer_order(tiny_models):
@@ -22,12 +22,16 @@ def test_embedding_width_rows_and_layer_order(tiny_models):
     hidden, layers = encoder.model.config.hidden_size, encoder.model.config.num_hidden_layers
     samples = speech_like(0.5)  # 8000 samples -> 13 frames at 640 samples per frame
     embedding = encoder.encode(samples, num_frames=21)
-    assert embedding.shape == (21, (layers + 2) * hidden), f"expected (21, {(layers + 2) * hidden}), found {tuple(embedding.shape)}"
+    assert embedding.shape == (21, (layers + 2) * hidden), (
+        f"expected (21, {(layers + 2) * hidden}), found {tuple(embedding.shape)}"
+    )
     assert embedding.dtype == torch.float32, f"expected float32, found {embedding.dtype}"
     # [last_hidden_state, hs[0], ..., hs[layers]]: the last layer appears first and last
     diff = max_diff(embedding[:, :hidden], embedding[:, -hidden:])
     assert diff == 0.0, f"the first and last {hidden} columns must both be the last layer, differ by {diff}"
-    assert max_diff(embedding[:, :hidden], embedding[:, hidden : 2 * hidden]) > 1e-3, "hs[0] must differ from the last layer"
+    assert max_diff(embedding[:, :hidden], embedding[:, hidden : 2 * hidden]) > 1e-3, (
+        "hs[0] must differ from the last layer"
+    )
 
 
 def test_conv_features_are_decimated_to_the_frame_rate(tiny_models):
@@ -35,7 +39,9 @@ def test_conv_features_are_decimated_to_the_frame_rate(tiny_models):
     encoder = tiny_models.audio_encoder
     raw, projected = {}, {}
     h1 = encoder.model.feature_extractor.register_forward_hook(lambda m, a, out: raw.__setitem__("x", out.clone()))
-    h2 = encoder.model.feature_projection.register_forward_pre_hook(lambda m, a: projected.__setitem__("x", a[0].clone()))
+    h2 = encoder.model.feature_projection.register_forward_pre_hook(
+        lambda m, a: projected.__setitem__("x", a[0].clone())
+    )
     try:
         encoder.encode(speech_like(0.4), num_frames=17)
     finally:
@@ -52,7 +58,9 @@ def test_normalisation_is_zero_mean_unit_variance(tiny_models):
     got = tiny_models.audio_encoder.normalize(samples)
     x = samples.astype(np.float64)
     want = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
-    assert np.abs(got - want).max() < 1e-5, f"normalised waveform differs by {np.abs(got - want).max()} (tolerance 1e-5)"
+    assert np.abs(got - want).max() < 1e-5, (
+        f"normalised waveform differs by {np.abs(got - want).max()} (tolerance 1e-5)"
+    )
 
 
 def test_samples_beyond_the_padded_length_are_an_error(tiny_models):

@@ -12,7 +12,7 @@ from model.backend import CancelToken
 from model.errors import GenerationCancelled
 from model.media.audio import with_lead_in
 from model.media.image import fit_to_bucket
-from model.omniavatar.backend import conditioning, initial_noise
+from model.omniavatar.backend import initial_noise
 from model.plan import plan_segments
 from model.request import RequestLimits, parse_request
 from tests.helpers import audio_file, b64, body, image_file, speech_like
@@ -42,7 +42,9 @@ def run(backend, request, plan, cancel=None):
 
     hook = backend.models.dit.register_forward_pre_hook(record)
     try:
-        frames = [s.frames for s in backend.generate(request, plan, cancel or CancelToken(), lambda *a: steps.append(a))]
+        frames = [
+            s.frames for s in backend.generate(request, plan, cancel or CancelToken(), lambda *a: steps.append(a))
+        ]
     finally:
         hook.remove()
     return frames, calls, steps
@@ -60,14 +62,18 @@ def test_plan_of_the_example_has_three_segments(example):
     assert (plan.frames_per_segment, plan.overlap, plan.num_segments) == (21, 5, 3), f"unexpected plan {plan}"
     assert [len(f) for f in frames] == [s.num_frames for s in plan.segments], f"kept counts {[len(f) for f in frames]}"
     assert sum(len(f) for f in frames) == plan.num_frames, f"expected {plan.num_frames} frames in all"
-    assert all(f.dtype == np.uint8 and f.shape[1:] == (32, 32, 3) for f in frames), "frames must be (n, 32, 32, 3) uint8"
+    assert all(f.dtype == np.uint8 and f.shape[1:] == (32, 32, 3) for f in frames), (
+        "frames must be (n, 32, 32, 3) uint8"
+    )
 
 
 def test_progress_and_two_guided_passes_per_step(example):
     request, plan, _, calls, steps = example
     want = [(s.index, i, request.num_steps) for s in plan.segments for i in range(1, request.num_steps + 1)]
     assert steps == want, f"expected progress {want}, found {steps}"
-    assert len(calls) == 2 * len(want), f"expected 2 DiT passes per step (guidance 4.5, no audio_scale), found {len(calls)}"
+    assert len(calls) == 2 * len(want), (
+        f"expected 2 DiT passes per step (guidance 4.5, no audio_scale), found {len(calls)}"
+    )
 
 
 def test_33_channel_input_and_mask_per_segment(example, tiny_backend):
@@ -85,7 +91,9 @@ def test_33_channel_input_and_mask_per_segment(example, tiny_backend):
         fixed = 1 if spec.index == 0 else plan.prefix_latents
         want_mask = torch.tensor([0.0] * fixed + [1.0] * (plan.latent_frames - fixed))
         got_mask = x[0, 32, :, 0, 0]
-        assert torch.equal(got_mask, want_mask), f"segment {spec.index}: mask {got_mask.tolist()}, expected {want_mask.tolist()}"
+        assert torch.equal(got_mask, want_mask), (
+            f"segment {spec.index}: mask {got_mask.tolist()}, expected {want_mask.tolist()}"
+        )
         assert bool((x[0, 32] == x[0, 32, :, :1, :1]).all()), "the mask must be constant over each frame"
     x0 = calls[0][0]
     assert max_diff(x0[:, :16, :1], reference) < 1e-5, "segment 0 must hold the reference latent in frame 0"
@@ -102,7 +110,10 @@ def test_later_segments_hold_the_reencoded_tail_of_the_previous_one(example, tin
     for step in range(request.num_steps):
         held = calls[passes + 2 * step][0][:, :16, : plan.prefix_latents]  # segment 1, step `step`, first pass
         diff = max_diff(held, want)
-        assert diff < 0.03, f"step {step}: held latents differ from the re-encoded last {plan.overlap} frames by {diff} (tolerance 0.03: uint8 rounding)"
+        assert diff < 0.03, (
+            f"step {step}: held latents differ from the re-encoded last {plan.overlap} frames by {diff} "
+            "(tolerance 0.03: uint8 rounding)"
+        )
         assert max_diff(held, wrong) > 10 * diff, "held latents must come from the tail, not the head, of segment 0"
 
 
@@ -112,7 +123,9 @@ def test_audio_window_of_each_segment_is_the_spec_slice(example, tiny_backend, t
     L, f = plan.frames_per_segment, plan.overlap
     samples = with_lead_in(request.audio.samples, tiny_config.planning.lead_in_s, 16000)
     E = tiny_backend.models.audio_encoder.encode(samples, plan.padded_audio_frames)
-    assert E.shape == (plan.padded_audio_frames, 128), f"expected E of shape ({plan.padded_audio_frames}, 128), found {tuple(E.shape)}"
+    assert E.shape == (plan.padded_audio_frames, 128), (
+        f"expected E of shape ({plan.padded_audio_frames}, 128), found {tuple(E.shape)}"
+    )
     passes = 2 * request.num_steps
     for t in range(plan.num_segments):
         if t == 0:
@@ -135,13 +148,15 @@ def test_noise_is_seeded_per_segment_on_the_cpu(example):
         shape = (1, 16, plan.latent_frames, 4, 4)
         fixed = 1 if spec.index == 0 else plan.prefix_latents
         want = initial_noise(shape, request.seed, spec.index)
-        assert torch.equal(x[:, :16, fixed:], want[:, :, fixed:]), f"segment {spec.index}: noise must be randn(seed + {spec.index})"
+        assert torch.equal(x[:, :16, fixed:], want[:, :, fixed:]), (
+            f"segment {spec.index}: noise must be randn(seed + {spec.index})"
+        )
 
 
 def test_same_seed_same_video_and_other_seed_other_video(example, tiny_backend, tiny_config):
     request, plan, frames, _, _ = example
     again, _, _ = run(tiny_backend, request, plan)
-    for i, (a, b) in enumerate(zip(frames, again)):
+    for i, (a, b) in enumerate(zip(frames, again, strict=True)):
         assert np.array_equal(a, b), f"segment {i}: the same seed must give identical frames"
     other = replace(request, seed=8)
     changed, _, _ = run(tiny_backend, other, plan)
@@ -153,21 +168,29 @@ def test_three_passes_with_separate_audio_scale_and_one_without_guidance(tiny_ba
         request = tiny_request(tiny_config, seconds=0.4, num_steps=2, **fields)
         plan = plan_segments(request, tiny_config.planning)
         _, calls, steps = run(tiny_backend, request, plan)
-        assert len(calls) == passes * len(steps), f"{fields}: expected {passes} DiT passes per step, found {len(calls)} for {len(steps)} steps"
+        assert len(calls) == passes * len(steps), (
+            f"{fields}: expected {passes} DiT passes per step, found {len(calls)} for {len(steps)} steps"
+        )
 
 
 def test_prompts_are_encoded_once_per_request(tiny_backend, tiny_config):
     request = tiny_request(tiny_config)
     plan = plan_segments(request, tiny_config.planning)
     counts = {"text": 0, "audio": 0}
-    h1 = tiny_backend.models.text_encoder.model.register_forward_hook(lambda *a: counts.__setitem__("text", counts["text"] + 1))
-    h2 = tiny_backend.models.audio_encoder.model.register_forward_hook(lambda *a: counts.__setitem__("audio", counts["audio"] + 1))
+    h1 = tiny_backend.models.text_encoder.model.register_forward_hook(
+        lambda *a: counts.__setitem__("text", counts["text"] + 1)
+    )
+    h2 = tiny_backend.models.audio_encoder.model.register_forward_hook(
+        lambda *a: counts.__setitem__("audio", counts["audio"] + 1)
+    )
     try:
         run(tiny_backend, request, plan)
     finally:
         h1.remove()
         h2.remove()
-    assert counts == {"text": 2, "audio": 1}, f"expected 2 prompt encodings and 1 audio encoding for {plan.num_segments} segments, found {counts}"
+    assert counts == {"text": 2, "audio": 1}, (
+        f"expected 2 prompt encodings and 1 audio encoding for {plan.num_segments} segments, found {counts}"
+    )
 
 
 def test_cancel_stops_within_one_step(tiny_backend, tiny_config):
@@ -183,7 +206,9 @@ def test_cancel_stops_within_one_step(tiny_backend, tiny_config):
     with pytest.raises(GenerationCancelled):
         for _ in tiny_backend.generate(request, plan, cancel, on_step):
             pass
-    assert steps == [(0, 1, request.num_steps), (0, 2, request.num_steps)], f"expected to stop after step 2, found {steps}"
+    assert steps == [(0, 1, request.num_steps), (0, 2, request.num_steps)], (
+        f"expected to stop after step 2, found {steps}"
+    )
 
 
 def test_requests_without_image_or_audio_follow_the_plan(tiny_backend, tiny_config):
@@ -193,4 +218,6 @@ def test_requests_without_image_or_audio_follow_the_plan(tiny_backend, tiny_conf
     for request in (no_image, no_audio):
         plan = plan_segments(request, tiny_config.planning)
         frames = [s.frames for s in tiny_backend.generate(request, plan, CancelToken(), lambda *a: None)]
-        assert [len(f) for f in frames] == [s.num_frames for s in plan.segments], f"kept counts {[len(f) for f in frames]}"
+        assert [len(f) for f in frames] == [s.num_frames for s in plan.segments], (
+            f"kept counts {[len(f) for f in frames]}"
+        )

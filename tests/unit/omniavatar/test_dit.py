@@ -35,7 +35,9 @@ def test_loaded_dit_matches_the_spec_reference_with_unmerged_lora(tiny_models, t
     base = {key: tensor for _, shard in tiny_files.iter_dit_tensors() for key, tensor in shard.items()}
     weights = {**base, **full}
     lora = {k: (p.down, p.up) for k, p in pairs.items()}
-    want = reference_dit(weights, lora, config.lora_scale, config.num_heads, latents[0], y[0], timestep, context[0], audio[0])
+    want = reference_dit(
+        weights, lora, config.lora_scale, config.num_heads, latents[0], y[0], timestep, context[0], audio[0]
+    )
     assert got.shape == want.shape, f"expected velocity shape {tuple(want.shape)}, found {tuple(got.shape)}"
     diff = max_diff(got, want)
     assert diff < 1e-5, f"merged-LoRA DiT differs from the unmerged float64 reference by {diff} (tolerance 1e-5)"

@@ -40,7 +40,9 @@ def test_cli_writes_the_same_frames_for_a_seed(tiny_dirs, tmp_path):
     # 1.2 s + 0.3 s lead-in = 38 audio frames -> 39 frames in 3 segments of 21 (kept 21, 16, 2)
     assert a["frames"].shape == (39, 32, 32, 3), f"expected (39, 32, 32, 3) frames, found {a['frames'].shape}"
     assert a["frames"].dtype == np.uint8, f"expected uint8 frames, found {a['frames'].dtype}"
-    assert a["kept_counts"].tolist() == [21, 16, 2], f"expected kept counts [21, 16, 2], found {a['kept_counts'].tolist()}"
+    assert a["kept_counts"].tolist() == [21, 16, 2], (
+        f"expected kept counts [21, 16, 2], found {a['kept_counts'].tolist()}"
+    )
     assert np.array_equal(a["frames"], b["frames"]), "the same seed must give identical frames"
     assert not np.array_equal(a["frames"], c["frames"]), "another seed must give other frames"
     assert elapsed < 60, f"a tiny multi-segment video must take under a minute on CPU, took {elapsed:.1f} s"

@@ -77,8 +77,12 @@ def test_dit_conversion_uses_every_source_key_and_fills_every_parameter(tiny_fil
     _, full = split_omniavatar_state_dict(omni)
     sources = set(base) | set(full)
     expected = {k: tuple(v.shape) for k, v in tiny_models.dit.state_dict().items()}
-    assert len(converted) == len(sources), f"expected {len(sources)} converted tensors (one per source key), found {len(converted)}"
-    assert set(converted) == set(expected), f"missing {set(expected) - set(converted)}, extra {set(converted) - set(expected)}"
+    assert len(converted) == len(sources), (
+        f"expected {len(sources)} converted tensors (one per source key), found {len(converted)}"
+    )
+    assert set(converted) == set(expected), (
+        f"missing {set(expected) - set(converted)}, extra {set(converted) - set(expected)}"
+    )
     wrong = {k: (tuple(v.shape), expected[k]) for k, v in converted.items() if tuple(v.shape) != expected[k]}
     assert not wrong, f"converted shapes differ (found, expected): {wrong}"
 
@@ -89,7 +93,9 @@ def test_vae_conversion_uses_every_source_key_and_fills_every_parameter(tiny_fil
     model = AutoencoderKLWan(base_dim=TINY.vae_base_dim)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert len(converted) == len(state), f"expected {len(state)} converted tensors, found {len(converted)}"
-    assert set(converted) == set(expected), f"missing {set(expected) - set(converted)}, extra {set(converted) - set(expected)}"
+    assert set(converted) == set(expected), (
+        f"missing {set(expected) - set(converted)}, extra {set(converted) - set(expected)}"
+    )
     wrong = [k for k, v in converted.items() if tuple(v.shape) != expected[k]]
     assert not wrong, f"converted VAE tensors with wrong shapes: {wrong}"
 
@@ -98,8 +104,12 @@ def test_umt5_conversion_uses_every_source_key_and_fills_every_parameter(tiny_fi
     state = tiny_files.t5_state
     converted = convert_umt5(state)
     expected = {k: tuple(v.shape) for k, v in tiny_models.text_encoder.model.state_dict().items()}
-    assert len(converted) == len(state) + 1, f"expected {len(state)} tensors + the tied embedding, found {len(converted)}"
-    assert set(converted) == set(expected), f"missing {set(expected) - set(converted)}, extra {set(converted) - set(expected)}"
+    assert len(converted) == len(state) + 1, (
+        f"expected {len(state)} tensors + the tied embedding, found {len(converted)}"
+    )
+    assert set(converted) == set(expected), (
+        f"missing {set(expected) - set(converted)}, extra {set(converted) - set(expected)}"
+    )
     wrong = [k for k, v in converted.items() if tuple(v.shape) != expected[k]]
     assert not wrong, f"converted UMT5 tensors with wrong shapes: {wrong}"
 
@@ -120,7 +130,9 @@ def test_umt5_is_assigned_from_the_memory_map_without_a_copy(tiny_files, tiny_mo
     source = tiny_files.t5_state["token_embedding.weight"]
     weight = encoder.model.shared.weight
     assert weight.data_ptr() == source.data_ptr(), "the bf16 token embedding should be the memory-mapped tensor itself"
-    assert encoder.model.encoder.embed_tokens.weight.data_ptr() == weight.data_ptr(), "embed_tokens must stay tied to shared"
+    assert encoder.model.encoder.embed_tokens.weight.data_ptr() == weight.data_ptr(), (
+        "embed_tokens must stay tied to shared"
+    )
 
 
 def test_bf16_load_casts_weights_but_not_the_rope_tables(tiny_dirs):
@@ -198,7 +210,10 @@ def test_missing_dit_tensor_is_named(tmp_path):
 
 def test_missing_lora_pair_is_refused(tmp_path):
     dirs = write_tiny(tmp_path)
-    edit_pt(dirs.omniavatar_dir / "pytorch_model.pt", lambda s: [s.pop(k) for k in list(s) if k.startswith("blocks.3.ffn.2.lora")])
+    edit_pt(
+        dirs.omniavatar_dir / "pytorch_model.pt",
+        lambda s: [s.pop(k) for k in list(s) if k.startswith("blocks.3.ffn.2.lora")],
+    )
     with pytest.raises(CheckpointError, match="1 of 40 LoRA pairs are missing"):
         load_dit(dirs)
 
@@ -213,13 +228,17 @@ def test_half_lora_pair_is_refused(tmp_path):
 def test_missing_audio_tensor_is_refused(tmp_path):
     dirs = write_tiny(tmp_path)
     edit_pt(dirs.omniavatar_dir / "pytorch_model.pt", lambda s: s.pop("audio_cond_projs.0.bias"))
-    with pytest.raises(CheckpointError, match=r"required OmniAvatar tensors are missing: \['audio_cond_projs.0.bias'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"required OmniAvatar tensors are missing: \['audio_cond_projs.0.bias'\]"
+    ):
         load_dit(dirs)
 
 
 def test_wrong_shape_in_the_omniavatar_checkpoint_names_key_and_shapes(tmp_path):
     dirs = write_tiny(tmp_path)
-    edit_pt(dirs.omniavatar_dir / "pytorch_model.pt", lambda s: s.__setitem__("audio_proj.proj.weight", torch.zeros(8, 100)))
+    edit_pt(
+        dirs.omniavatar_dir / "pytorch_model.pt", lambda s: s.__setitem__("audio_proj.proj.weight", torch.zeros(8, 100))
+    )
     with pytest.raises(CheckpointError) as err:
         load_dit(dirs)
     for part in ("pytorch_model.pt", "audio_proj.proj.weight", "[8, 100]", "[8, 512]"):

@@ -41,7 +41,7 @@ def test_tables_match_spec(steps, sigmas, bf16_timesteps):
     scheduler.set_timesteps(steps)
     got = scheduler.sigmas.tolist()
     assert len(got) == steps, f"expected {steps} sigmas, found {len(got)}"
-    worst = max(abs(a - b) for a, b in zip(got, sigmas))
+    worst = max(abs(a - b) for a, b in zip(got, sigmas, strict=True))
     assert worst < 5e-7, f"sigmas differ from the spec table by up to {worst} (tolerance 5e-7): {got}"
     assert scheduler.sigmas.dtype == torch.float32, f"expected float32 sigmas, found {scheduler.sigmas.dtype}"
     as_bf16 = scheduler.timesteps.to(torch.bfloat16).float().tolist()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from model.omniavatar.text_encoder import clean_prompt
 
 from .helpers import max_diff
@@ -39,5 +37,7 @@ def test_umt5_matches_wan_t5_reference_on_valid_tokens(tiny_models, tiny_files):
     n = int(mask.sum())
     want = reference_umt5(tiny_files.t5_state, ids, mask)
     diff = max_diff(context[:n], want[:n])
-    assert diff < 2e-5, f"UMT5 output differs from the float64 Wan T5 reference by {diff} on valid tokens (tolerance 2e-5)"
+    assert diff < 2e-5, (
+        f"UMT5 output differs from the float64 Wan T5 reference by {diff} on valid tokens (tolerance 2e-5)"
+    )
     assert ids[n - 1].item() == 1, f"the last valid token must be EOS (id 1), found {ids[n - 1].item()}"

@@ -15,10 +15,14 @@ def test_encode_decode_shapes(tiny_models, frames, latent_frames):
     vae = tiny_models.vae
     video = torch.rand(1, 3, frames, 32, 48, generator=torch.Generator().manual_seed(frames)) * 2 - 1
     latents = vae.encode(video)
-    assert latents.shape == (1, 16, latent_frames, 4, 6), f"expected (1, 16, {latent_frames}, 4, 6), found {tuple(latents.shape)}"
+    assert latents.shape == (1, 16, latent_frames, 4, 6), (
+        f"expected (1, 16, {latent_frames}, 4, 6), found {tuple(latents.shape)}"
+    )
     decoded = vae.decode(latents)
     assert decoded.shape == (1, 3, frames, 32, 48), f"expected (1, 3, {frames}, 32, 48), found {tuple(decoded.shape)}"
-    assert decoded.min() >= -1 and decoded.max() <= 1, f"decode must clamp to [-1, 1], found [{decoded.min()}, {decoded.max()}]"
+    assert decoded.min() >= -1 and decoded.max() <= 1, (
+        f"decode must clamp to [-1, 1], found [{decoded.min()}, {decoded.max()}]"
+    )
 
 
 def test_encode_rejects_frame_counts_that_are_not_1_plus_4k(tiny_models):
@@ -45,19 +49,21 @@ def test_single_tile_equals_untiled_diffusers_calls_with_spec_normalisation(tiny
         assert diff < 1e-5, f"tiled decode differs from untiled diffusers decode by {diff} (tolerance 1e-5)"
 
 
-@pytest.mark.parametrize(
-    ("height", "width", "encode_tiles", "decode_tiles"), [(720, 720, 25, 15), (400, 720, 10, 9)]
-)
+@pytest.mark.parametrize(("height", "width", "encode_tiles", "decode_tiles"), [(720, 720, 25, 15), (400, 720, 10, 9)])
 def test_tile_counts_match_spec(height, width, encode_tiles, decode_tiles):
     enc = len(tile_starts(height, 272, 144)) * len(tile_starts(width, 272, 128))
     dec = len(tile_starts(height // 8, 30, 15)) * len(tile_starts(width // 8, 52, 26))
-    assert (enc, dec) == (encode_tiles, decode_tiles), f"expected {encode_tiles}/{decode_tiles} tiles, found {enc}/{dec}"
+    assert (enc, dec) == (encode_tiles, decode_tiles), (
+        f"expected {encode_tiles}/{decode_tiles} tiles, found {enc}/{dec}"
+    )
 
 
 def test_tile_starts_skip_tiles_that_add_nothing():
     assert tile_starts(90, 30, 15) == [0, 15, 30, 45, 60], f"found {tile_starts(90, 30, 15)}"
     assert tile_starts(90, 52, 26) == [0, 26, 52], f"found {tile_starts(90, 52, 26)}"
-    assert tile_starts(4, 30, 15) == [0], f"a tile larger than the axis must be the only one, found {tile_starts(4, 30, 15)}"
+    assert tile_starts(4, 30, 15) == [0], (
+        f"a tile larger than the axis must be the only one, found {tile_starts(4, 30, 15)}"
+    )
 
 
 @pytest.mark.parametrize("scale", [(1, 1), (2, 1), (1, 2)])
@@ -92,6 +98,7 @@ def test_blend_weights_ramp_linearly_over_the_overlap():
     w_up = torch.tensor([1, 2, 3, 4], dtype=torch.float64) / 4
     expected_overlap = (1 * w_up.flip(0) + 2 * w_up) / (w_up.flip(0) + w_up)
     assert tiles == [8, 8], f"expected two tiles of width 8, found {tiles}"
-    assert torch.allclose(got[4:8], expected_overlap), f"expected {expected_overlap.tolist()}, found {got[4:8].tolist()}"
+    assert torch.allclose(got[4:8], expected_overlap), (
+        f"expected {expected_overlap.tolist()}, found {got[4:8].tolist()}"
+    )
     assert got[:4].tolist() == [1.0] * 4 and got[8:].tolist() == [2.0] * 4, f"non-overlap samples wrong: {got.tolist()}"
-

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from model.omniavatar.convert import split_omniavatar_state_dict
 from model.omniavatar.dit import AudioPack, Float64Timesteps, OmniAvatarTransformer
-from model.omniavatar.loading import split_omniavatar_state_dict
 from model.omniavatar.tiny import TINY
 
 from .helpers import max_diff

@@ -11,19 +11,16 @@ from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from safetensors.torch import load_file, save_file
 
 from model.omniavatar.config import CONFIGS
+from model.omniavatar.convert import convert_omniavatar_dit, convert_umt5, dit_key_map, split_omniavatar_state_dict
 from model.omniavatar.layouts import wan_dit_shapes
 from model.omniavatar.loading import (
     CheckpointError,
     CheckpointFiles,
     build_transformer,
-    convert_omniavatar_dit,
-    convert_umt5,
-    dit_key_map,
     load_text_encoder,
     load_transformer,
     match_shipped_config,
     resolve_config,
-    split_omniavatar_state_dict,
 )
 from model.omniavatar.tiny import TINY, write_tiny
 

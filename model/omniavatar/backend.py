@@ -91,14 +91,7 @@ class OmniAvatarBackend(AvatarBackend):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        options = OmniAvatarOptions.from_dict(config.options)
-        self.options = OmniAvatarOptions(
-            base_dir=resolve_path(options.base_dir),
-            omniavatar_dir=resolve_path(options.omniavatar_dir),
-            wav2vec_dir=resolve_path(options.wav2vec_dir),
-            dtype=options.dtype,
-            device=options.device,
-        )
+        self.options = OmniAvatarOptions.from_dict(config.options, resolve_path)
         if self.options.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"{config.source}: options.device is {self.options.device!r} but CUDA is not available")
         files = CheckpointFiles.find(self.options.base_dir, self.options.omniavatar_dir, self.options.wav2vec_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -112,8 +113,9 @@ class OmniAvatarOptions:
         return DTYPES[self.dtype]
 
     @classmethod
-    def from_dict(cls, options: dict[str, Any], root: Path | None = None) -> OmniAvatarOptions:
-        """Parse a YAML `options:` mapping; relative paths are resolved against `root` (default: cwd)."""
+    def from_dict(cls, options: dict[str, Any], resolve: Callable[[Path], Path] = Path.expanduser) -> OmniAvatarOptions:
+        """Parse a YAML `options:` mapping, raising ValueError naming a bad key; `resolve` maps each directory
+        (e.g. `model.config.resolve_path`: as given if it exists, else relative to the project root)."""
         known = ("base_dir", "omniavatar_dir", "wav2vec_dir", "dtype", "device")
         unknown = sorted(set(options) - set(known))
         if unknown:
@@ -127,11 +129,10 @@ class OmniAvatarOptions:
         device = str(options.get("device", "cuda"))
         if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
             raise ValueError(f"options.device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-        base = Path(root) if root is not None else Path.cwd()
         return cls(
-            base_dir=base / Path(options["base_dir"]).expanduser(),
-            omniavatar_dir=base / Path(options["omniavatar_dir"]).expanduser(),
-            wav2vec_dir=base / Path(options["wav2vec_dir"]).expanduser(),
+            base_dir=resolve(Path(options["base_dir"])),
+            omniavatar_dir=resolve(Path(options["omniavatar_dir"])),
+            wav2vec_dir=resolve(Path(options["wav2vec_dir"])),
             dtype=dtype,
             device=device,
         )

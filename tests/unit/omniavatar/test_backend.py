@@ -221,3 +221,26 @@ def test_requests_without_image_or_audio_follow_the_plan(tiny_backend, tiny_conf
         assert [len(f) for f in frames] == [s.num_frames for s in plan.segments], (
             f"kept counts {[len(f) for f in frames]}"
         )
+
+
+def test_describe_and_warm_up(tiny_backend):
+    described = tiny_backend.describe()
+    want = {"backend": "omniavatar", "model": "OmniAvatar Wan2.1-T2V-tiny", "device": "cpu", "dtype": "fp32"}
+    assert described == want, f"expected {want}, found {described}"
+    tiny_backend.warm_up()  # one small pass through every network must run
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"dtype": "int8"}, "options.dtype must be one of"),
+        ({"device": "tpu"}, "options.device must be"),
+        ({"colour": "blue"}, "unknown OmniAvatar options \\['colour'\\]"),
+        ({"base_dir": None}, "OmniAvatar options need \\['base_dir'\\]"),
+    ],
+)
+def test_bad_options_are_named(tiny_config, options, message):
+    from model.omniavatar.config import OmniAvatarOptions
+
+    with pytest.raises(ValueError, match=message):
+        OmniAvatarOptions.from_dict({**tiny_config.options, **options})

@@ -244,3 +244,18 @@ def test_bad_options_are_named(tiny_config, options, message):
 
     with pytest.raises(ValueError, match=message):
         OmniAvatarOptions.from_dict({**tiny_config.options, **options})
+
+
+def test_bf16_runs_the_gpu_dtype_path_on_cpu(example, tiny_config):
+    """DiT, VAE and T5 in bf16 (wav2vec2 in fp32), as on a GPU: same plan, and the reference frame (a VAE
+    round trip, before any sampling chaos of random weights) within bf16 rounding of the fp32 run."""
+    from model.omniavatar.backend import OmniAvatarBackend
+
+    request, plan, frames, _, _ = example
+    backend = OmniAvatarBackend(replace(tiny_config, options={**tiny_config.options, "dtype": "bf16"}))
+    assert backend.models.dit.dtype == torch.bfloat16, f"expected a bf16 DiT, found {backend.models.dit.dtype}"
+    assert backend.models.audio_encoder.model.dtype == torch.float32, "wav2vec2 must stay float32"
+    got = [s.frames for s in backend.generate(request, plan, CancelToken(), lambda *a: None)]
+    assert [len(f) for f in got] == [s.num_frames for s in plan.segments], f"kept counts {[len(f) for f in got]}"
+    diff = np.abs(got[0][0].astype(int) - frames[0][0].astype(int)).mean()
+    assert diff < 3.0, f"bf16 reference frame differs from fp32 by {diff} grey levels on average (tolerance 3)"

@@ -3,18 +3,22 @@
 No `from __future__ import annotations` here: FastAPI must see the real `Request` annotation.
 """
 
+from pathlib import Path
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.staticfiles import StaticFiles
 
 from deployments.framing import NdjsonFraming, SseFraming
 from deployments.serving import AvatarService, StreamOptions
 from model.config import ModelConfig
 from model.request import GenerateFields, RequestLimits
 
+STATIC_DIR = Path(__file__).with_name("static")
 GENERATE_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": GenerateFields.model_json_schema()}}}}
 
 app = FastAPI(
@@ -22,6 +26,7 @@ app = FastAPI(
     summary="Talking-avatar video from a face image, speech and a prompt, streamed segment by segment.",
     version="0.1.0",
 )
+app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 
 @app.exception_handler(HTTPException)
@@ -42,6 +47,11 @@ async def _validation_error(_: Request, error: RequestValidationError) -> JSONRe
 class AvatarIngress:
     def __init__(self, generator: DeploymentHandle, config: ModelConfig, limits: RequestLimits, options: StreamOptions) -> None:
         self.service = AvatarService(generator, config, limits, options)
+
+    @app.get("/", include_in_schema=False)
+    async def page(self) -> Response:
+        """The web page that plays the video while it is generated."""
+        return FileResponse(STATIC_DIR / "index.html")
 
     @app.get("/health")
     async def health(self) -> Response:

@@ -9,7 +9,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ray import serve
@@ -35,7 +35,9 @@ class RequestRecord:
     steps: int = 0
     steps_after_cancel: int = 0
     segments: int = 0
-    compute_idle_s: float = 0.0
+    segment_compute_s: list[float] = field(default_factory=list)  # backend time per segment
+    segment_encode_s: list[float] = field(default_factory=list)
+    compute_idle_s: float = 0.0  # compute thread waiting on the encoder
     cancel_requested: bool = False
 
 
@@ -119,6 +121,8 @@ class AvatarGenerator:
             async for event in pipeline.events():
                 if isinstance(event, EncodedSegment):
                     record.segments += 1
+                    record.segment_compute_s.append(event.compute_s)
+                    record.segment_encode_s.append(event.encode_s)
                     self._metrics.segment_seconds.observe(event.compute_s)
                     self._metrics.encode_seconds.observe(event.encode_s)
                 yield event

@@ -26,7 +26,7 @@ from deployments.app import AppArgs, build_app
 from model.config import PROJECT_ROOT
 from model.media.audio import decode_audio
 
-EXAMPLES = PROJECT_ROOT.parent / "shared" / "examples"
+EXAMPLES = PROJECT_ROOT / "tests" / "data"
 
 
 def app_args(**overrides: Any) -> AppArgs:

@@ -26,6 +26,17 @@ logger = logging.getLogger("ray.serve")
 RECENT_REQUESTS = 256
 
 
+class _LatestMessage(logging.Handler):
+    """Keeps the last message a backend logs while it loads: its load progress for /health."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.latest: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.latest = record.getMessage()
+
+
 @dataclass
 class RequestRecord:
     """What became of one request: kept for the last few hundred, for operators and tests."""
@@ -60,11 +71,15 @@ class AvatarGenerator:
         self._load_error: str | None = None
         self._load_started = time.monotonic()
         self._load_s: float | None = None
+        self._load_progress = _LatestMessage()
         self._metrics = GeneratorMetrics()
         self._recent: OrderedDict[str, RequestRecord] = OrderedDict()
         threading.Thread(target=self._load, name="backend-load", daemon=True).start()
 
     def _load(self) -> None:
+        model_logger = logging.getLogger("model")  # backends log their load stages there
+        model_logger.setLevel(logging.INFO)
+        model_logger.addHandler(self._load_progress)
         try:
             logger.info("loading backend %r from %s", self._config.backend, self._config.source)
             backend = self._backend_cls(self._config)
@@ -75,6 +90,8 @@ class AvatarGenerator:
         except Exception as error:
             self._load_error = f"{type(error).__name__}: {error}"
             logger.exception("backend %r failed to load", self._config.backend)
+        finally:
+            model_logger.removeHandler(self._load_progress)
 
     @property
     def _state(self) -> str:
@@ -94,6 +111,7 @@ class AvatarGenerator:
             "state": self._state,
             "error": self._load_error,
             "load_s": None if self._load_s is None else round(self._load_s, 2),
+            "load_progress": None if self._backend else self._load_progress.latest,
             "config": self._config.source,
         }
 

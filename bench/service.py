@@ -12,14 +12,12 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import ray
 import soundfile
-import yaml
 from ray import serve
 
 from deployments.app import AppArgs, build_app
@@ -29,18 +27,11 @@ from model.media.audio import decode_audio
 EXAMPLES = PROJECT_ROOT / "tests" / "data"
 
 
-def app_args(**overrides: Any) -> AppArgs:
-    """serve_config.yaml's application args, its deployments section as deployment options, and overrides."""
-    application = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())["applications"][0]
-    options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in application["deployments"]}
-    return AppArgs(**{**application["args"], "generator": options["AvatarGenerator"], "ingress": options["AvatarIngress"], **overrides})
-
-
 @contextlib.contextmanager
 def running_service(apps: dict[str, AppArgs] | None = None, dashboard: bool = False) -> Iterator[dict[str, str]]:
     """Serve applications (name -> args; default: serve_config.yaml's as "avatar") on a free port; yields their URLs."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    apps = apps or {"avatar": app_args()}
+    apps = apps or {"avatar": AppArgs.from_serve_config()}
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

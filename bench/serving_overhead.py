@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.service import app_args, request_record, running_service, speech_request, timed_stream
+from bench.service import request_record, running_service, speech_request, timed_stream
+from deployments.app import AppArgs
 
 
 def measure(app: str, url: str, label: str) -> None:
@@ -30,7 +31,7 @@ def measure(app: str, url: str, label: str) -> None:
 def main() -> None:
     print("per segment, milliseconds (means); fraction = (client time - backend compute) / client time")
     print(f"{'backend':<22} {'segments':>8} {'compute ms':>11} {'client ms':>10} {'overhead ms':>12} {'fraction':>8} {'encode ms':>10}")
-    apps = {"preview": app_args(), "paced": app_args(options={"seconds_per_step": 0.25})}
+    apps = {"preview": AppArgs.from_serve_config(), "paced": AppArgs.from_serve_config(options={"seconds_per_step": 0.25})}
     with running_service(apps) as urls:
         measure("preview", urls["preview"], "preview")
         measure("paced", urls["paced"], "preview, 0.25 s/step")

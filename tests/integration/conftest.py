@@ -14,13 +14,12 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import ray
-import yaml
 from ray import serve
 
 from deployments.app import AppArgs, build_app
 from deployments.generator import AvatarGenerator
 from deployments.ingress import AvatarIngress
-from model.config import PROJECT_ROOT, load_model_config
+from model.config import load_model_config
 from model.request import RequestLimits
 from tests.e2e.server import free_port
 from tests.integration.backends import FailingPreviewBackend
@@ -38,13 +37,6 @@ class Service:
         return serve.get_deployment_handle("AvatarGenerator", app_name=self.app_name)
 
 
-def serve_config_args(**overrides) -> AppArgs:
-    """AppArgs as serve_config.yaml gives them, with its deployments section as deployment options."""
-    application = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())["applications"][0]
-    options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in application["deployments"]}
-    return AppArgs(**{**application["args"], "generator": options["AvatarGenerator"], "ingress": options["AvatarIngress"], **overrides})
-
-
 @pytest.fixture(scope="session")
 def base_url() -> Iterator[str]:
     ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
@@ -58,13 +50,13 @@ def base_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def service(base_url: str) -> Service:
-    serve.run(build_app(serve_config_args()), name="avatar", route_prefix="/")
+    serve.run(build_app(AppArgs.from_serve_config()), name="avatar", route_prefix="/")
     return Service(base_url, "avatar")
 
 
 @pytest.fixture(scope="session")
 def paced(base_url: str) -> Service:
-    args = serve_config_args(
+    args = AppArgs.from_serve_config(
         options={"seconds_per_step": PACED_STEP_S},
         limits=RequestLimits(max_body_bytes=1 << 20),
         generator={"num_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 1, "ray_actor_options": {"num_cpus": 1}},
@@ -75,7 +67,7 @@ def paced(base_url: str) -> Service:
 
 @pytest.fixture(scope="session")
 def failing(base_url: str) -> Service:
-    args = serve_config_args()
+    args = AppArgs.from_serve_config()
     config = load_model_config(args.config, {"options": {"fail_at_segment": 1}})
     generator = AvatarGenerator.options(name="AvatarGenerator", ray_actor_options={"num_cpus": 1}).bind(
         config, args.encoding, backend_cls=FailingPreviewBackend

@@ -46,7 +46,7 @@ def raise_for_error_response(response: httpx.Response) -> None:
 def describe_http_error(error: httpx.HTTPError, server: str) -> str:
     """One line for a transport failure: refused connection, timeout, dropped stream."""
     if isinstance(error, httpx.ConnectError):
-        return f"cannot connect to {server}: {error or 'connection failed'} (is the service running? start it with `make serve`)"
+        return f"cannot connect to {server}: {error or 'connection failed'} (is the service running there?)"
     if isinstance(error, httpx.ConnectTimeout):
         return f"timed out connecting to {server}"
     if isinstance(error, httpx.TimeoutException):
@@ -66,8 +66,8 @@ def run_cli(main: Callable[[Any], int], args: Any, prog: str) -> int:
         message, code = f"unexpected reply from the server: {error}", EXIT_SERVER
     except httpx.HTTPError as error:
         message, code = describe_http_error(error, getattr(args, "server", "the server")), EXIT_SERVER
-    except OSError as error:  # an output folder or file that cannot be written
-        message, code = f"{error.strerror or error}: {error.filename or ''}".rstrip(": "), EXIT_USAGE
+    except OSError as error:  # an output file that cannot be written (files.atomic_output names it)
+        message, code = f"cannot write {error.filename}: {error.strerror}" if error.filename else str(error), EXIT_USAGE
     except KeyboardInterrupt:
         message, code = "interrupted", EXIT_INTERRUPTED
     print(f"{prog}: error: {message}", file=sys.stderr)

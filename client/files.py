@@ -18,8 +18,11 @@ def atomic_output(path: Path) -> Iterator[Path]:
     try:
         yield temp
         os.replace(temp, path)
+    except OSError as error:  # name the file the user asked for, not the temporary one
+        raise OSError(error.errno, error.strerror, str(path)) from error
     finally:
-        temp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
 
 
 def write_atomically(path: Path, data: bytes) -> None:

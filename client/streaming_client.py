@@ -13,6 +13,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python client/streaming_client.py`: import the package, not client/client.py
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+import av
 from tqdm import tqdm
 
 from client.concat import concatenate
@@ -94,7 +95,10 @@ def main_with(args: argparse.Namespace) -> int:
             progress.close()
     if args.concatenate:
         video = args.output_dir / VIDEO_NAME
-        concatenate(received.files, video)
+        try:
+            concatenate(received.files, video)
+        except av.FFmpegError as error:  # a segment the demuxer cannot read
+            raise ClientError(f"cannot join the segments into {video}: {error}") from None
         print(f"joined {len(received.files)} segments into {video}")
     print_summary(received)
     return 0

@@ -25,11 +25,14 @@ class ClientError(Exception):
 
 
 def server_error(failure: Failed, status: int | None = None, retry_after: str | None = None) -> ClientError:
-    """A ClientError from the server's error object, e.g. 'the server refused the request (HTTP 422, invalid_field): ...'."""
-    where = ", ".join(part for part in (f"HTTP {status}" if status else "", failure.code) if part)
+    """A ClientError carrying the server's own message: from an HTTP error reply (`status`) or a stream's error event."""
+    if status is None:
+        head = f"the stream ended with an error ({failure.code})"
+    else:
+        verb = "refused the request" if status < 500 else "could not serve the request"
+        head = f"the server {verb} (HTTP {status}, {failure.code})"
     then = f" (retry after {retry_after} s)" if retry_after else ""
-    verb = "refused the request" if status and status < 500 else "failed"
-    return ClientError(f"the server {verb} ({where}): {failure.message}{then}")
+    return ClientError(f"{head}: {failure.message}{then}")
 
 
 def raise_for_error_response(response: httpx.Response) -> None:

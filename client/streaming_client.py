@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class ProgressBar:
-    """Prints each saved segment; on a terminal also a tqdm bar over all denoising steps of all segments."""
+    """Prints each saved segment; on a terminal also a tqdm bar over all denoising steps of all segments.
+
+    The server denoises segment k+1 while it encodes segment k, so progress of the next segment may come
+    before the previous segment's event: the bar only moves forward.
+    """
 
     def __init__(self) -> None:
         self._bar: tqdm | None = None
@@ -58,22 +62,25 @@ class ProgressBar:
         if isinstance(event, Started):
             self._segments, self._steps = event.total_segments, event.num_steps or 1
             print(f"started request {event.request_id}: {event.total_segments} segments, {event.num_frames} frames "
-                  f"({event.duration_s:.2f} s) at {event.width}x{event.height}, backend {event.backend}")
+                  f"({event.duration_s:.2f} s) at {event.width}x{event.height}, backend {event.backend}", flush=True)
             # disable=None: a bar on a terminal only, so that logs and pipes get the plain lines
             self._bar = tqdm(total=self._segments * self._steps, unit="step", disable=None, file=sys.stderr)
-            self._show(0, 0)
+            self._bar.set_description(f"segment 1/{self._segments} step 0/{self._steps}")
+            self._bar.set_postfix_str(f"0/{self._segments} saved")
+        elif self._bar is None:
+            return
         elif isinstance(event, Progress):
-            self._show(event.segment_index, event.step)
+            self._advance_to(event.segment_index * self._steps + event.step)
+            self._bar.set_description(f"segment {event.segment_index + 1}/{self._segments} step {event.step}/{self._steps}")
         elif isinstance(event, Segment):
-            self._show(event.index + 1, 0)
+            self._advance_to((event.index + 1) * self._steps)
+            self._bar.set_postfix_str(f"{event.index + 1}/{self._segments} saved")
             tqdm.write(f"saved {saved} ({event.num_frames} frames from frame {event.start_frame})", file=sys.stdout)
+            sys.stdout.flush()  # a line per segment as it lands, also into a pipe or a log
 
-    def _show(self, segment_index: int, step: int) -> None:
-        """Move the bar to `step` steps into segment `segment_index` (0-based)."""
-        if self._bar is not None:
-            self._bar.update(segment_index * self._steps + step - self._bar.n)
-            done = segment_index >= self._segments
-            self._bar.set_description("all segments" if done else f"segment {segment_index + 1}/{self._segments} step {step}/{self._steps}")
+    def _advance_to(self, steps_done: int) -> None:
+        if steps_done > self._bar.n:
+            self._bar.update(steps_done - self._bar.n)
 
     def close(self) -> None:
         if self._bar is not None:

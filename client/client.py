@@ -1,13 +1,12 @@
 """avatar-generate: the whole talking-avatar video in one request (POST /generate), saved as one MP4.
 
-    avatar-generate --prompt "a man talking" --image face.jpg --audio speech.mp3 --output video.mp4
+Example: avatar-generate --prompt "a man talking" --image face.jpg --audio speech.mp3 --output video.mp4
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 import sys
 import time
 from pathlib import Path
@@ -18,20 +17,22 @@ if __package__ in (None, ""):  # `python client/client.py`: import the package, 
 from client.errors import EXIT_USAGE, ClientError, raise_for_error_response, run_cli
 from client.events import ProtocolError
 from client.files import write_atomically
-from client.request import add_request_arguments, add_timeout_argument, endpoint, http_client, request_body
+from client.request import endpoint, http_client, request_body, request_parser
 
 PROG = "avatar-generate"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Generate a talking-avatar video and save it as one MP4 once the whole video is done. "
+    parser = request_parser(
+        PROG,
+        "Generate a talking-avatar video and save it as one MP4 once the whole video is done. "
         "To see segments while they are computed, use avatar-stream.",
+        timeout_s=1800.0,
+        timeout_meaning="longest wait for the whole video; the server answers only when it is done",
     )
-    add_request_arguments(parser)
-    parser.add_argument("--output", type=Path, metavar="FILE", default=Path("video.mp4"), help="the MP4 to write (default: %(default)s)")
-    add_timeout_argument(parser, 1800.0, "longest wait for the whole video; the server answers only when it is done")
+    parser.add_argument(
+        "--output", type=Path, metavar="FILE", default=Path("video.mp4"), help="the MP4 to write (default: %(default)s)"
+    )
     return parser
 
 
@@ -44,10 +45,10 @@ def main_with(args: argparse.Namespace) -> int:
     with http_client(args.timeout) as client:
         response = client.post(endpoint(args.server, "/generate"), json=body)
     raise_for_error_response(response)
-    result = response.json()
     try:
+        result = response.json()
         video = base64.b64decode(result["video_base64"], validate=True)
-    except (KeyError, TypeError, binascii.Error) as error:
+    except (ValueError, KeyError, TypeError) as error:  # not JSON, no video_base64, or not base64
         raise ProtocolError(f"the /generate answer has no valid video_base64 ({type(error).__name__}: {error})") from None
     write_atomically(args.output, video)
     print(f"saved {args.output} ({len(video) / 1e6:.1f} MB)")

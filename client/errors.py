@@ -42,7 +42,9 @@ def raise_for_error_response(response: httpx.Response) -> None:
     try:
         failure = failed_from(response.json())
     except ValueError:  # not JSON, e.g. a proxy's HTML page
-        failure = Failed("http_error", response.text.strip().splitlines()[0][:200] if response.text.strip() else response.reason_phrase)
+        failure = Failed(
+            "http_error", response.text.strip().splitlines()[0][:200] if response.text.strip() else response.reason_phrase
+        )
     raise server_error(failure, response.status_code, response.headers.get("retry-after"))
 
 

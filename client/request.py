@@ -14,20 +14,25 @@ from client.errors import EXIT_USAGE, ClientError
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 
 
-def add_request_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options shared by both clients: where to send, what to generate, how long to wait."""
+def request_parser(prog: str, description: str, timeout_s: float, timeout_meaning: str) -> argparse.ArgumentParser:
+    """A parser with the options both clients share: where to send, what to generate, how long to wait."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--server", default=DEFAULT_SERVER, metavar="URL", help="base URL of the service (default: %(default)s)")
     parser.add_argument("--prompt", required=True, metavar="TEXT", help="what the video shows, e.g. 'a man talking on a sofa'")
     parser.add_argument("--image", type=Path, metavar="FILE", help="reference face: a JPEG, PNG or WebP file")
-    parser.add_argument("--audio", type=Path, metavar="FILE", help="speech: a WAV, MP3, FLAC or OGG file; it sets the video length")
+    parser.add_argument(
+        "--audio", type=Path, metavar="FILE", help="speech: a WAV, MP3, FLAC or OGG file; it sets the video length"
+    )
     parser.add_argument("--steps", type=int, metavar="N", help="denoising steps per segment (default: the server's)")
-    parser.add_argument("--seed", type=int, metavar="N", help="random seed; the same seed and inputs give the same video (default: random)")
+    parser.add_argument(
+        "--seed", type=int, metavar="N", help="random seed; the same seed and inputs give the same video (default: random)"
+    )
     parser.add_argument("--negative-prompt", metavar="TEXT", help="what the video should avoid (default: the server's)")
     parser.add_argument("--guidance-scale", type=float, metavar="SCALE", help="text guidance, 1 to 20 (default: the server's)")
-
-
-def add_timeout_argument(parser: argparse.ArgumentParser, default: float, meaning: str) -> None:
-    parser.add_argument("--timeout", type=float, default=default, metavar="SECONDS", help=f"{meaning} (default: %(default)s)")
+    parser.add_argument(
+        "--timeout", type=float, default=timeout_s, metavar="SECONDS", help=f"{timeout_meaning} (default: %(default)s)"
+    )
+    return parser
 
 
 def request_body(args: argparse.Namespace) -> dict[str, Any]:

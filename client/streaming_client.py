@@ -1,6 +1,6 @@
 """avatar-stream: stream a talking-avatar video, saving each segment the moment it arrives.
 
-    avatar-stream --prompt "a man talking" --image face.jpg --audio speech.mp3 --concatenate
+Example: avatar-stream --prompt "a man talking" --image face.jpg --audio speech.mp3 --concatenate
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tqdm import tqdm
 from client.concat import concatenate
 from client.errors import EXIT_USAGE, ClientError, run_cli
 from client.events import Event, Progress, Segment, Started
-from client.request import add_request_arguments, add_timeout_argument, http_client, request_body
+from client.request import http_client, request_body, request_parser
 from client.stream import Received, receive, stream_events
 
 PROG = "avatar-stream"
@@ -27,23 +27,26 @@ VIDEO_NAME = "video.mp4"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Stream a talking-avatar video from the service. Each segment is saved as "
-        "OUTPUT_DIR/segment_000.mp4, segment_001.mp4, ... as soon as it arrives; each plays on its own.",
+    parser = request_parser(
+        PROG,
+        "Stream a talking-avatar video from the service. Each segment is saved as "
+        "DIR/segment_000.mp4, segment_001.mp4, ... as soon as it arrives; each plays on its own.",
+        timeout_s=60.0,
+        timeout_meaning="longest wait for the server to send anything; it sends a keep-alive every 15 s",
     )
-    add_request_arguments(parser)
-    parser.add_argument("--output-dir", type=Path, metavar="DIR", default=Path("segments"), help="where segments go (default: %(default)s)")
+    parser.add_argument(
+        "--output-dir", type=Path, metavar="DIR", default=Path("segments"), help="where segments go (default: %(default)s)"
+    )
     parser.add_argument(
         "--mode",
         choices=("sse", "chunked"),
         default="sse",
-        help="sse: Server-Sent Events (/generate-stream); chunked: NDJSON lines (/generate-stream-chunked) (default: %(default)s)",
+        help="sse: Server-Sent Events from /generate-stream; chunked: NDJSON lines from /generate-stream-chunked "
+        "(default: %(default)s)",
     )
     parser.add_argument(
-        "--concatenate", action="store_true", help=f"also join the segments losslessly into OUTPUT_DIR/{VIDEO_NAME}"
+        "--concatenate", action="store_true", help=f"also join the segments losslessly (no re-encode) into DIR/{VIDEO_NAME}"
     )
-    add_timeout_argument(parser, 60.0, "longest wait for the server to send anything; it sends a keep-alive every 15 s")
     return parser
 
 
@@ -61,8 +64,11 @@ class ProgressBar:
     def __call__(self, event: Event, saved: Path | None) -> None:
         if isinstance(event, Started):
             self._segments, self._steps = event.total_segments, event.num_steps or 1
-            print(f"started request {event.request_id}: {event.total_segments} segments, {event.num_frames} frames "
-                  f"({event.duration_s:.2f} s) at {event.width}x{event.height}, backend {event.backend}", flush=True)
+            print(
+                f"started request {event.request_id}: {event.total_segments} segments, {event.num_frames} frames "
+                f"({event.duration_s:.2f} s) at {event.width}x{event.height}, backend {event.backend}",
+                flush=True,
+            )
             # disable=None: a bar on a terminal only, so that logs and pipes get the plain lines
             self._bar = tqdm(total=self._segments * self._steps, unit="step", disable=None, file=sys.stderr)
             self._bar.set_description(f"segment 1/{self._segments} step 0/{self._steps}")

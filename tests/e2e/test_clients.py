@@ -62,6 +62,7 @@ class Packets:
     starts: list[Fraction]
     ends: list[Fraction]
     payloads: list[bytes]
+    time_base: Fraction
 
 
 def packets(path: Path, kind: str) -> Packets:
@@ -69,8 +70,17 @@ def packets(path: Path, kind: str) -> Packets:
         stream = getattr(container.streams, kind)[0]
         found = [p for p in container.demux(stream) if p.dts is not None]
     return Packets(
-        [p.pts * p.time_base for p in found], [(p.pts + p.duration) * p.time_base for p in found], [bytes(p) for p in found]
+        starts=[p.pts * p.time_base for p in found],
+        ends=[(p.pts + p.duration) * p.time_base for p in found],
+        payloads=[bytes(p) for p in found],
+        time_base=stream.time_base,
     )
+
+
+def difference(found: list, expected: list) -> str:
+    """'N items, first difference at index I' for an assert message."""
+    first = next((i for i, (a, b) in enumerate(zip(found, expected, strict=False)) if a != b), min(len(found), len(expected)))
+    return f"{len(found)} items, the first difference at index {first}"
 
 
 def stream_types(path: Path) -> list[str]:
@@ -89,8 +99,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def example_body(**fields: Any) -> dict[str, Any]:
     return {
-        "prompt": PROMPT, "image_base64": b64(EXAMPLE_IMAGE.read_bytes()), "audio_base64": b64(EXAMPLE_SPEECH.read_bytes()),
-        "seed": SEED, **fields,
+        "prompt": PROMPT,
+        "image_base64": b64(EXAMPLE_IMAGE.read_bytes()),
+        "audio_base64": b64(EXAMPLE_SPEECH.read_bytes()),
+        "seed": SEED,
+        **fields,
     }
 
 
@@ -146,7 +159,9 @@ def test_stream_saves_every_segment(streamed, plan, mode):
         assert frames == event["num_frames"], f"{name}: expected {event['num_frames']} frames as its event says, found {frames}"
         assert f"saved out/{name}" in run_.result.stdout, f"expected 'saved out/{name}' on stdout, found {run_.result.stdout!r}"
         total += frames
-    assert total == plan["start"]["num_frames"], f"expected the segments to add up to {plan['start']['num_frames']} frames, found {total}"
+    assert total == plan["start"]["num_frames"], (
+        f"expected the segments to add up to {plan['start']['num_frames']} frames, found {total}"
+    )
     summary = f"done: {len(expected_files)} segments, {total} frames"
     assert summary in run_.result.stdout, f"expected {summary!r} on stdout, found {run_.result.stdout!r}"
     assert not list(run_.output_dir.glob(".*.part")), "expected no temporary files left behind"
@@ -159,17 +174,18 @@ def test_concatenate_keeps_every_frame_and_packet(streamed):
     expected_frames = [digest for segment in segments for digest in frame_hashes(segment)]
     found_frames = frame_hashes(video)
     assert found_frames == expected_frames, (
-        f"expected the {len(expected_frames)} segment frames in order, found {len(found_frames)} frames, "
-        f"first difference at {next((i for i, (a, b) in enumerate(zip(found_frames, expected_frames)) if a != b), None)}"
+        f"expected the {len(expected_frames)} segment frames in order, found {difference(found_frames, expected_frames)}"
     )
     for kind in ("video", "audio"):
         expected = [payload for segment in segments for payload in packets(segment, kind).payloads]
         found = packets(video, kind).payloads
-        assert found == expected, f"expected the segments' {len(expected)} {kind} packets copied as they are, found {len(found)} differing"
+        assert found == expected, (
+            f"expected the segments' {len(expected)} {kind} packets copied as they are, found {difference(found, expected)}"
+        )
     audio, video_end = packets(video, "audio"), packets(video, "video").ends[-1]
-    gaps = [(float(end), float(start)) for end, start in zip(audio.ends, audio.starts[1:]) if end != start]
+    gaps = [(float(end), float(start)) for end, start in zip(audio.ends[:-1], audio.starts[1:], strict=True) if end != start]
     assert not gaps, f"expected gapless audio (each packet starting where the last ended), found gaps at {gaps[:5]}"
-    aac_frame = Fraction(1024, 44100)
+    aac_frame = 1024 * audio.time_base  # samples per AAC frame / sample rate
     assert audio.starts[0] <= aac_frame, f"expected the audio to start within one AAC frame, found {float(audio.starts[0])} s"
     assert abs(audio.ends[-1] - video_end) <= aac_frame, (
         f"expected the audio to cover the video's {float(video_end)} s, found it ends at {float(audio.ends[-1])} s"
@@ -183,9 +199,8 @@ def test_generate_gives_the_frames_of_the_stream(server, streamed, tmp_path):
     assert "saved whole.mp4" in result.stdout, f"expected 'saved whole.mp4' on stdout, found {result.stdout!r}"
     streamed_frames = frame_hashes(streamed("sse").output_dir / "video.mp4")
     found = frame_hashes(tmp_path / "whole.mp4")
-    assert found == streamed_frames, (
-        f"expected the {len(streamed_frames)} frames of the streamed video for seed {SEED}, found {len(found)} frames that differ"
-    )
+    expected = f"the {len(streamed_frames)} frames of the streamed video (seed {SEED})"
+    assert found == streamed_frames, f"expected {expected}, found {difference(found, streamed_frames)}"
     types = stream_types(tmp_path / "whole.mp4")
     assert types == ["audio", "video"], f"expected an audio and a video stream, found {types}"
 
@@ -194,7 +209,10 @@ def test_segments_appear_while_the_stream_runs(server, tmp_path):
     """With 20 steps a segment (2 s each), segment_000.mp4 is on disk, whole, long before the stream ends."""
     process = subprocess.Popen(
         [*STREAM, "--server", server, *INPUTS, "--steps", "20", "--output-dir", "out"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     first, second = tmp_path / "out" / "segment_000.mp4", tmp_path / "out" / "segment_001.mp4"
     try:
@@ -255,7 +273,11 @@ def test_missing_input_file_is_a_usage_error(tmp_path, client):
 
 @pytest.mark.parametrize(
     "command",
-    [STREAM, [sys.executable, str(ROOT / "client" / "streaming_client.py")], [str(Path(sys.executable).with_name("avatar-generate"))]],
+    [
+        STREAM,
+        [sys.executable, str(ROOT / "client" / "streaming_client.py")],
+        [str(Path(sys.executable).with_name("avatar-generate"))],
+    ],
     ids=["module", "script", "console-script"],
 )
 def test_connection_refused(tmp_path, command):
@@ -286,9 +308,30 @@ def ndjson(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj).encode() + b"\n"
 
 
-START = {"request_id": "scripted", "total_segments": 2, "fps": 25, "width": 720, "height": 400, "num_frames": 81, "duration_s": 3.24, "num_steps": 4}
-SEGMENT = {"segment_index": 0, "total_segments": 2, "segment_base64": b64(b"not really an mp4"), "is_final": False, "start_frame": 0, "num_frames": 57, "fps": 25}
-FAILURE = {"code": "generation_failed", "message": "generation failed (RuntimeError: out of memory); request scripted", "field": None}
+START = {
+    "request_id": "scripted",
+    "total_segments": 2,
+    "fps": 25,
+    "width": 720,
+    "height": 400,
+    "num_frames": 81,
+    "duration_s": 3.24,
+    "num_steps": 4,
+}
+SEGMENT = {
+    "segment_index": 0,
+    "total_segments": 2,
+    "segment_base64": b64(b"not really an mp4"),
+    "is_final": False,
+    "start_frame": 0,
+    "num_frames": 57,
+    "fps": 25,
+}
+FAILURE = {
+    "code": "generation_failed",
+    "message": "generation failed (RuntimeError: out of memory); request scripted",
+    "field": None,
+}
 
 
 @contextlib.contextmanager
@@ -324,16 +367,44 @@ def scripted_server(reply: Reply) -> Iterator[str]:
 
 
 SCRIPTED = {
-    "sse-cut-off": (["--mode", "sse"], Reply(200, "text/event-stream", [sse("start", START), sse("segment", SEGMENT)]),
-                    "the stream ended before it was complete (1 of 2 segments received)"),
-    "sse-error-event": (["--mode", "sse"], Reply(200, "text/event-stream", [sse("start", START), b": keep-alive\n\n", sse("error", {"error": FAILURE})]),
-                        FAILURE["message"]),
-    "ndjson-error-line": (["--mode", "chunked"], Reply(200, "application/x-ndjson", [ndjson({"status": "started", **START}), b"\n", ndjson({"status": "error", "error": FAILURE, "final": True})]),
-                          FAILURE["message"]),
-    "stall": (["--timeout", "1"], Reply(200, "text/event-stream", [sse("start", START), sse("segment", SEGMENT)], pause_s=3),
-              "timed out waiting for"),
-    "overloaded": ([], Reply(503, "application/json", [json.dumps({"success": False, "error": {"code": "overloaded", "message": "all generators are busy", "field": None}}).encode()], {"Retry-After": "5"}),
-                   "the server could not serve the request (HTTP 503, overloaded): all generators are busy (retry after 5 s)"),
+    "sse-cut-off": (
+        ["--mode", "sse"],
+        Reply(200, "text/event-stream", [sse("start", START), sse("segment", SEGMENT)]),
+        "the stream ended before it was complete (1 of 2 segments received)",
+    ),
+    "sse-error-event": (
+        ["--mode", "sse"],
+        Reply(200, "text/event-stream", [sse("start", START), b": keep-alive\n\n", sse("error", {"error": FAILURE})]),
+        FAILURE["message"],
+    ),
+    "ndjson-error-line": (
+        ["--mode", "chunked"],
+        Reply(
+            200,
+            "application/x-ndjson",
+            [ndjson({"status": "started", **START}), b"\n", ndjson({"status": "error", "error": FAILURE, "final": True})],
+        ),
+        FAILURE["message"],
+    ),
+    "stall": (
+        ["--timeout", "1"],
+        Reply(200, "text/event-stream", [sse("start", START), sse("segment", SEGMENT)], pause_s=3),
+        "timed out waiting for",
+    ),
+    "overloaded": (
+        [],
+        Reply(
+            503,
+            "application/json",
+            [
+                json.dumps(
+                    {"success": False, "error": {"code": "overloaded", "message": "all generators are busy", "field": None}}
+                ).encode()
+            ],
+            {"Retry-After": "5"},
+        ),
+        "the server could not serve the request (HTTP 503, overloaded): all generators are busy (retry after 5 s)",
+    ),
     "not-json": ([], Reply(502, "text/html", [b"<html>Bad Gateway</html>"]), "HTTP 502"),
 }
 

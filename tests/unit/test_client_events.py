@@ -22,12 +22,29 @@ from client.events import (
 )
 
 START = {
-    "message": "Video generation started", "request_id": "r1", "total_segments": 2, "fps": 25, "width": 720,
-    "height": 400, "num_frames": 159, "duration_s": 6.36, "lead_in_s": 0.3, "num_steps": 4, "seed": 7, "backend": "preview",
+    "message": "Video generation started",
+    "request_id": "r1",
+    "total_segments": 2,
+    "fps": 25,
+    "width": 720,
+    "height": 400,
+    "num_frames": 159,
+    "duration_s": 6.36,
+    "lead_in_s": 0.3,
+    "num_steps": 4,
+    "seed": 7,
+    "backend": "preview",
 }
 SEGMENT = {
-    "segment_index": 0, "total_segments": 2, "segment_base64": base64.b64encode(b"\x00mp4").decode(), "is_final": False,
-    "start_frame": 0, "num_frames": 105, "fps": 25, "mime_type": "video/mp4", "codecs": "avc1.64001f,mp4a.40.2",
+    "segment_index": 0,
+    "total_segments": 2,
+    "segment_base64": base64.b64encode(b"\x00mp4").decode(),
+    "is_final": False,
+    "start_frame": 0,
+    "num_frames": 105,
+    "fps": 25,
+    "mime_type": "video/mp4",
+    "codecs": "avc1.64001f,mp4a.40.2",
 }
 COMPLETE = {"message": "Video generation completed", "total_segments": 2, "num_frames": 159, "duration_s": 6.36, "elapsed_s": 1.5}
 ERROR = {"error": {"code": "generation_failed", "message": "generation failed (RuntimeError: boom)", "field": None}}
@@ -41,7 +58,17 @@ def sse(name: str, data: dict) -> list[str]:
 
 
 def test_sse_joins_multiline_data_and_skips_comments():
-    lines = [": keep-alive", "", "event: note", "data: first", ": a comment inside an event", "data: second", "", ": keep-alive", ""]
+    lines = [
+        ": keep-alive",
+        "",
+        "event: note",
+        "data: first",
+        ": a comment inside an event",
+        "data: second",
+        "",
+        ": keep-alive",
+        "",
+    ]
     found = list(parse_sse(lines))
     expected = [SseMessage("note", "first\nsecond")]
     assert found == expected, f"expected {expected}, found {found}"
@@ -68,7 +95,14 @@ def test_sse_resets_the_event_type_after_each_dispatch():
 
 def test_sse_stream_becomes_typed_events():
     progress = {"segment_index": 0, "step": 2, "num_steps": 4}
-    lines = [*sse("start", START), ": keep-alive", "", *sse("progress", progress), *sse("segment", SEGMENT), *sse("complete", COMPLETE)]
+    lines = [
+        *sse("start", START),
+        ": keep-alive",
+        "",
+        *sse("progress", progress),
+        *sse("segment", SEGMENT),
+        *sse("complete", COMPLETE),
+    ]
     found = list(read_sse(lines))
     expected = [
         Started("r1", 2, 25, 720, 400, 159, 6.36, 4, 7, "preview"),
@@ -87,7 +121,9 @@ def test_sse_error_event_and_unknown_events():
 
 def test_ndjson_skips_blank_lines_and_maps_statuses():
     lines = [
-        json.dumps({"status": "started", "streaming": True, **START}), "", "   ",
+        json.dumps({"status": "started", "streaming": True, **START}),
+        "",
+        "   ",
         json.dumps({"status": "segment", **SEGMENT}),
         json.dumps({"status": "something_new"}),
         json.dumps({"status": "error", **ERROR, "final": True}),

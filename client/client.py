@@ -20,16 +20,15 @@ from client.files import write_atomically
 from client.request import endpoint, http_client, request_body, request_parser
 
 PROG = "avatar-generate"
+DESCRIPTION = (
+    "Generate a talking-avatar video and save it as one MP4 once the whole video is done. "
+    "To see segments while they are computed, use avatar-stream."
+)
+TIMEOUT_HELP = "longest wait for the whole video; the server answers only when it is done"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = request_parser(
-        PROG,
-        "Generate a talking-avatar video and save it as one MP4 once the whole video is done. "
-        "To see segments while they are computed, use avatar-stream.",
-        timeout_s=1800.0,
-        timeout_meaning="longest wait for the whole video; the server answers only when it is done",
-    )
+    parser = request_parser(PROG, DESCRIPTION, timeout_s=1800.0, timeout_help=TIMEOUT_HELP)
     parser.add_argument(
         "--output", type=Path, metavar="FILE", default=Path("video.mp4"), help="the MP4 to write (default: %(default)s)"
     )

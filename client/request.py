@@ -14,7 +14,7 @@ from client.errors import EXIT_USAGE, ClientError
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 
 
-def request_parser(prog: str, description: str, timeout_s: float, timeout_meaning: str) -> argparse.ArgumentParser:
+def request_parser(prog: str, description: str, timeout_s: float, timeout_help: str) -> argparse.ArgumentParser:
     """A parser with the options both clients share: where to send, what to generate, how long to wait."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--server", default=DEFAULT_SERVER, metavar="URL", help="base URL of the service (default: %(default)s)")
@@ -30,7 +30,7 @@ def request_parser(prog: str, description: str, timeout_s: float, timeout_meanin
     parser.add_argument("--negative-prompt", metavar="TEXT", help="what the video should avoid (default: the server's)")
     parser.add_argument("--guidance-scale", type=float, metavar="SCALE", help="text guidance, 1 to 20 (default: the server's)")
     parser.add_argument(
-        "--timeout", type=float, default=timeout_s, metavar="SECONDS", help=f"{timeout_meaning} (default: %(default)s)"
+        "--timeout", type=float, default=timeout_s, metavar="SECONDS", help=f"{timeout_help} (default: %(default)s)"
     )
     return parser
 

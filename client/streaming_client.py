@@ -23,17 +23,16 @@ from client.request import http_client, request_body, request_parser
 from client.stream import Received, receive, stream_events
 
 PROG = "avatar-stream"
+DESCRIPTION = (
+    "Stream a talking-avatar video from the service. Each segment is saved as DIR/segment_000.mp4, "
+    "segment_001.mp4, ... as soon as it arrives; each plays on its own."
+)
+TIMEOUT_HELP = "longest wait for the server to send anything; it sends a keep-alive every 15 s"
 VIDEO_NAME = "video.mp4"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = request_parser(
-        PROG,
-        "Stream a talking-avatar video from the service. Each segment is saved as "
-        "DIR/segment_000.mp4, segment_001.mp4, ... as soon as it arrives; each plays on its own.",
-        timeout_s=60.0,
-        timeout_meaning="longest wait for the server to send anything; it sends a keep-alive every 15 s",
-    )
+    parser = request_parser(PROG, DESCRIPTION, timeout_s=60.0, timeout_help=TIMEOUT_HELP)
     parser.add_argument(
         "--output-dir", type=Path, metavar="DIR", default=Path("segments"), help="where segments go (default: %(default)s)"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +38,15 @@ def segment_path(output_dir: Path, index: int) -> Path:
     return output_dir / f"segment_{index:03d}.mp4"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Received:
     """What a finished stream delivered, and when (seconds since the request was sent)."""
 
     started: Started
     completed: Completed
-    files: list[Path] = field(default_factory=list)
-    first_segment_s: float = 0.0
-    total_s: float = 0.0
+    files: list[Path]  # segment_000.mp4, ... in order
+    first_segment_s: float
+    total_s: float
 
 
 def receive(events: Iterable[Event], output_dir: Path, on_event: Callable[[Event, Path | None], None] | None = None) -> Received:

@@ -64,7 +64,7 @@ class GenerateFields(BaseModel):
     @classmethod
     def _overlap_form(cls, value: int | None) -> int | None:
         if value is not None and value % 4 != 1:
-            raise ValueError(f"must be of the form 1 + 4n (1, 5, 9, 13, ...); got {value}")
+            raise ValueError("must be of the form 1 + 4n (1, 5, 9, 13, ...)")
         return value
 
 

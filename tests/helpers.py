@@ -11,7 +11,7 @@ import numpy as np
 import soundfile
 from PIL import Image
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "examples"
+EXAMPLES = Path(__file__).resolve().parent / "data"
 EXAMPLE_IMAGE = EXAMPLES / "man_on_sofa.jpeg"
 EXAMPLE_SPEECH = EXAMPLES / "speech_en.mp3"
 

@@ -109,6 +109,7 @@ class SegmentEncoder:
     def __init__(self, plan: SegmentPlan, audio: DecodedAudio | None, options: EncodingOptions) -> None:
         self.plan = plan
         self.options = options
+        self.codecs = ""  # the RFC 6381 codecs string, e.g. 'avc1.64001f,mp4a.40.2', known after a first encode
         track, rate = output_audio_track(audio, plan)
         self._aac = AacStream(track, rate, options.audio_bitrate)
 
@@ -134,6 +135,7 @@ class SegmentEncoder:
             audio.layout = self._aac.layout
             audio.codec_context.extradata = self._aac.extradata
             packets = list(self._video_packets(video, frames))
+            self.codecs = f"{avc_codec_string(video.codec_context.extradata)},mp4a.40.2"  # AAC-LC
             packets += self._rebased(audio_packets, audio, spec.start_frame * rate // fps)
             for packet in sorted(packets, key=lambda p: p.dts * p.time_base):
                 out.mux(packet)
@@ -158,6 +160,16 @@ class SegmentEncoder:
             copy.stream = stream
             rebased.append(copy)
         return rebased
+
+
+def avc_codec_string(extradata: bytes) -> str:
+    """'avc1.PPCCLL' (profile, constraint flags, level) from H.264 extradata, avcC or Annex B."""
+    if extradata[:1] == b"\x01":  # avcC: version, profile, constraints, level
+        return f"avc1.{extradata[1:4].hex()}"
+    for start in range(len(extradata) - 4):  # Annex B: find the SPS (NAL type 7) after a start code
+        if extradata[start : start + 3] == b"\x00\x00\x01" and extradata[start + 3] & 0x1F == 7:
+            return f"avc1.{extradata[start + 4 : start + 7].hex()}"
+    raise ValueError("no H.264 sequence parameter set in the encoder's extradata")
 
 
 def concatenate_segments(segments: Iterable[bytes]) -> bytes:

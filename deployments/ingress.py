@@ -1,0 +1,74 @@
+"""AvatarIngress: the HTTP routes of protocol.md. Each route is a line or two; the logic is in serving.py.
+
+No `from __future__ import annotations` here: FastAPI must see the real `Request` annotation.
+"""
+
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.staticfiles import StaticFiles
+
+from deployments.framing import NdjsonFraming, SseFraming
+from deployments.serving import AvatarService, StreamOptions
+from model.config import ModelConfig
+from model.request import GenerateFields, RequestLimits
+
+STATIC_DIR = Path(__file__).with_name("static")
+GENERATE_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": GenerateFields.model_json_schema()}}}}
+
+app = FastAPI(
+    title="OmniAvatar streaming service",
+    summary="Talking-avatar video from a face image, speech and a prompt, streamed segment by segment.",
+    version="0.1.0",
+)
+app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(_: Request, error: HTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    return JSONResponse({"success": False, "error": {"code": code, "message": str(error.detail), "field": None}}, error.status_code)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+    first = error.errors()[0] if error.errors() else {"msg": "invalid request", "loc": ()}
+    field = ".".join(str(part) for part in first.get("loc", ())) or None
+    return JSONResponse({"success": False, "error": {"code": "invalid_request", "message": first["msg"], "field": field}}, 422)
+
+
+@serve.deployment(name="AvatarIngress", ray_actor_options={"num_cpus": 0})
+@serve.ingress(app)
+class AvatarIngress:
+    def __init__(self, generator: DeploymentHandle, config: ModelConfig, limits: RequestLimits, options: StreamOptions) -> None:
+        self.service = AvatarService(generator, config, limits, options)
+
+    @app.get("/", include_in_schema=False)
+    async def page(self) -> Response:
+        """The web page that plays the video while it is generated."""
+        return FileResponse(STATIC_DIR / "index.html")
+
+    @app.get("/health")
+    async def health(self) -> Response:
+        """Service and backend state: 200 when the model is loaded, 503 while loading or after a failed load."""
+        return await self.service.health()
+
+    @app.post("/generate-stream", openapi_extra=GENERATE_BODY)
+    async def generate_stream(self, request: Request) -> Response:
+        """Server-Sent Events: start, progress, one segment event per MP4 segment, then complete or error."""
+        return await self.service.stream(request, SseFraming(), route="sse")
+
+    @app.post("/generate-stream-chunked", openapi_extra=GENERATE_BODY)
+    async def generate_stream_chunked(self, request: Request) -> Response:
+        """NDJSON: one JSON object per line with the same information as the SSE events."""
+        return await self.service.stream(request, NdjsonFraming(), route="ndjson")
+
+    @app.post("/generate", openapi_extra=GENERATE_BODY)
+    async def generate(self, request: Request) -> Response:
+        """The whole video as one MP4 (base64 in JSON), once every segment is done."""
+        return await self.service.whole_video(request)

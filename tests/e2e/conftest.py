@@ -1,0 +1,9 @@
+"""End-to-end tests: the service started with `serve run`, driven by its real clients."""
+
+import pytest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/tests/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)

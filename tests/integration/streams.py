@@ -1,0 +1,60 @@
+"""Reading the service's streams event by event, as a client does."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import httpx
+import numpy as np
+
+
+@dataclass
+class Event:
+    name: str
+    data: dict[str, Any]
+    received: float = field(default_factory=time.monotonic)
+
+
+def sse_events(response: httpx.Response) -> Iterator[Event]:
+    """SSE events from a streaming response (comments are skipped, data lines joined)."""
+    name, data = "message", []
+    for line in response.iter_lines():
+        if line.startswith(":"):
+            continue
+        if not line:
+            if data:
+                yield Event(name, json.loads("\n".join(data)))
+            name, data = "message", []
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+
+
+def ndjson_events(response: httpx.Response) -> Iterator[Event]:
+    """NDJSON lines as events named by their status; empty lines (keep-alives) are skipped."""
+    for line in response.iter_lines():
+        if line.strip():
+            data = json.loads(line)
+            yield Event(data["status"], data)
+
+
+def segment_bytes(event: Event) -> bytes:
+    return base64.b64decode(event.data["segment_base64"])
+
+
+def decode_frames(mp4: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(mp4)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def stream_types(mp4: bytes) -> list[str]:
+    with av.open(io.BytesIO(mp4)) as container:
+        return sorted(s.type for s in container.streams)

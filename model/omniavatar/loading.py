@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ __all__ = [
     "match_shipped_config",
     "resolve_config",
 ]
+
+logger = logging.getLogger(__name__)  # load stages, shown by /health while a replica loads
 
 DIT_SINGLE = "diffusion_pytorch_model.safetensors"
 DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
@@ -459,7 +462,8 @@ def load_transformer(
         merged = merge_lora(chunk, pairs, config.lora_scale, device)
         filler.fill({names[k]: t for k, t in merged.items()}, str(shard), {names[k]: k for k in merged})
 
-    for shard, tensors in files.iter_dit_tensors():
+    for number, (shard, tensors) in enumerate(files.iter_dit_tensors(), start=1):
+        logger.info("loading the DiT: %s (%d of %d), LoRA merged", shard.name, number, len(files.dit_shards))
         names = dit_key_map(tensors)
         chunk, size = {}, 0
         for key in tensors:
@@ -544,6 +548,7 @@ def _check_omniavatar_tensors(
 
 def load_vae(files: CheckpointFiles, config: OmniAvatarConfig, dtype: torch.dtype, device) -> WanVAE:
     """Wan2.1_VAE.pth -> `WanVAE` (diffusers' AutoencoderKLWan, converted by diffusers' rename table)."""
+    logger.info("loading the VAE: %s", files.vae_path.name)
     state = files.vae_state
     layout = wan_vae_shapes(config.vae_base_dim, config.vae_z_dim)
     check_layout({k: tuple(v.shape) for k, v in state.items()}, layout, "Wan VAE", files.vae_path)
@@ -562,6 +567,7 @@ def load_vae(files: CheckpointFiles, config: OmniAvatarConfig, dtype: torch.dtyp
 
 def load_text_encoder(files: CheckpointFiles, config: OmniAvatarConfig, dtype: torch.dtype, device) -> TextEncoder:
     """The 11 GB UMT5 encoder: built on meta, filled by assignment from the memory-mapped .pth."""
+    logger.info("loading the text encoder: %s", files.t5_path.name)
     state = files.t5_state
     check_layout({k: tuple(v.shape) for k, v in state.items()}, wan_t5_shapes(config), "UMT5 encoder", files.t5_path)
     umt5 = UMT5Config(
@@ -593,6 +599,7 @@ def load_text_encoder(files: CheckpointFiles, config: OmniAvatarConfig, dtype: t
 
 def load_audio_encoder(files: CheckpointFiles, device, fps: int = 25) -> AudioEncoder:
     """wav2vec2-base-960h (a Wav2Vec2ForCTC checkpoint; the CTC head is unused) in float32."""
+    logger.info("loading the audio encoder: %s", files.wav2vec_dir.name)
     with quiet_transformers():
         model = Wav2Vec2Model.from_pretrained(files.wav2vec_dir, local_files_only=True, dtype=torch.float32)
         extractor = Wav2Vec2FeatureExtractor.from_pretrained(files.wav2vec_dir, local_files_only=True)
@@ -617,6 +624,7 @@ def load_models(
 ) -> LoadedModels:
     """Resolve the dimensions and load all four networks (DiT, VAE and T5 in `dtype`; wav2vec2 in float32)."""
     config = resolve_config(files)
+    logger.info("OmniAvatar %s: dim %d, %d layers, %s on %s", config.name, config.dim, config.num_layers, dtype, device)
     dev = torch.device(device)
     models = LoadedModels(
         config=config,

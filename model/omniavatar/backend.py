@@ -16,9 +16,12 @@ zero with no frame held in segment 0, and missing audio is the all-zero window g
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -73,6 +76,33 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     return (frames[0] * 255).to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
 
 
+V = TypeVar("V")
+
+
+class LruCache(Generic[V]):
+    """A small thread-safe least-recently-used cache (requests may run in several threads)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[Hashable, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], V]) -> V:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = compute()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 @dataclass(frozen=True)
 class Conditions:
     """What every DiT call of one request shares."""
@@ -98,6 +128,8 @@ class OmniAvatarBackend(AvatarBackend):
         self.models: LoadedModels = load_models(
             files, self.options.torch_dtype, self.options.device, fps=config.planning.fps
         )
+        self._prompts: LruCache[torch.Tensor] = LruCache(self.options.prompt_cache_size)  # text -> (1, L, C)
+        self._references: LruCache[torch.Tensor] = LruCache(self.options.reference_cache_size)  # image -> latent
         audio_rate = self.models.audio_encoder.sample_rate
         if audio_rate != config.planning.sample_rate or audio_rate % config.planning.fps:
             raise ValueError(
@@ -111,6 +143,9 @@ class OmniAvatarBackend(AvatarBackend):
             "model": f"OmniAvatar {self.models.config.name}",
             "device": str(self.models.device),
             "dtype": self.options.dtype,
+            "files": {"base": str(self.options.base_dir), "omniavatar": str(self.options.omniavatar_dir), "wav2vec": str(self.options.wav2vec_dir)},
+            "cached_prompts": len(self._prompts),
+            "cached_references": len(self._references),
         }
 
     @torch.inference_mode()
@@ -157,13 +192,19 @@ class OmniAvatarBackend(AvatarBackend):
                 cancel.checkpoint()
                 prefix, prefix_frames = self.encode_prefix(frames, plan), plan.prefix_latents
 
-    @torch.inference_mode()
     def encode_prompts(self, request: GenerateRequest) -> Conditions:
+        """The prompt (and, when guidance needs it, the negative prompt) encoded, or taken from the cache."""
         guidance = Guidance(request.guidance_scale, request.audio_scale)
-        encoder = self.models.text_encoder
-        context = encoder.encode([request.prompt])  # (1, text_len, text_dim)
-        negative = encoder.encode([request.negative_prompt]) if guidance.needs_negative_prompt else None
+        context = self.encode_text(request.prompt)  # (1, text_len, text_dim)
+        negative = self.encode_text(request.negative_prompt) if guidance.needs_negative_prompt else None
         return Conditions(guidance, context, negative, request.seed, request.num_steps)
+
+    def encode_text(self, text: str) -> torch.Tensor:
+        return self._prompts.get_or_compute(text, lambda: self._encode_text(text))
+
+    @torch.inference_mode()
+    def _encode_text(self, text: str) -> torch.Tensor:
+        return self.models.text_encoder.encode([text])
 
     @torch.inference_mode()
     def encode_audio(self, request: GenerateRequest, plan: SegmentPlan) -> torch.Tensor | None:
@@ -173,16 +214,23 @@ class OmniAvatarBackend(AvatarBackend):
         samples = with_lead_in(request.audio.samples, plan.lead_in_s, self.config.planning.sample_rate)
         return self.models.audio_encoder.encode(samples, plan.padded_audio_frames)
 
-    @torch.inference_mode()
     def encode_reference(self, request: GenerateRequest, plan: SegmentPlan) -> tuple[torch.Tensor, bool]:
-        """The reference image fitted to the bucket and VAE-encoded: (1, 16, 1, h, w); zeros without an image."""
+        """The reference image fitted to the bucket and VAE-encoded: (1, 16, 1, h, w); zeros without an image.
+
+        Cached by the image's content and the bucket, so a face used again skips the VAE."""
         m = self.models
         h, w = plan.height // m.vae.spatial_factor, plan.width // m.vae.spatial_factor
         if request.image is None:
             return torch.zeros(1, m.config.vae_z_dim, 1, h, w, device=m.device, dtype=m.dtype), False
-        pixels = torch.from_numpy(fit_to_bucket(request.image, plan.height, plan.width))  # (H, W, 3) in [0, 1]
+        key = (hashlib.sha256(request.image.tobytes()).hexdigest(), request.image.shape, plan.height, plan.width)
+        return self._references.get_or_compute(key, lambda: self._encode_reference(request.image, plan)), True
+
+    @torch.inference_mode()
+    def _encode_reference(self, image: np.ndarray, plan: SegmentPlan) -> torch.Tensor:
+        m = self.models
+        pixels = torch.from_numpy(fit_to_bucket(image, plan.height, plan.width))  # (H, W, 3) in [0, 1]
         pixels = pixels.permute(2, 0, 1)[None, :, None].to(m.device) * 2 - 1  # (1, 3, 1, H, W) in [-1, 1]
-        return m.vae.encode(pixels.to(m.dtype)), True
+        return m.vae.encode(pixels.to(m.dtype))
 
     def _window(self, embedding: torch.Tensor | None, spec: SegmentSpec, plan: SegmentPlan) -> torch.Tensor:
         """This segment's (1, L, C) audio rows in the model dtype (upstream casts the slice to bf16)."""

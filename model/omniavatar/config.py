@@ -107,6 +107,8 @@ class OmniAvatarOptions:
     wav2vec_dir: Path  # wav2vec2-base-960h/
     dtype: str = "bf16"  # fp32 | bf16 | fp16 for the DiT, VAE and T5; wav2vec2 always runs in fp32
     device: str = "cuda"  # cuda | cuda:N | cpu
+    prompt_cache_size: int = 32  # prompt embeddings kept across requests (1 x 512 x 4096 each)
+    reference_cache_size: int = 32  # reference-image latents kept across requests
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -114,13 +116,18 @@ class OmniAvatarOptions:
 
     @classmethod
     def from_dict(cls, options: dict[str, Any], resolve: Callable[[Path], Path] = Path.expanduser) -> OmniAvatarOptions:
-        """Parse a YAML `options:` mapping, raising ValueError naming a bad key; `resolve` maps each directory
-        (e.g. `model.config.resolve_path`: as given if it exists, else relative to the project root)."""
-        known = ("base_dir", "omniavatar_dir", "wav2vec_dir", "dtype", "device")
+        """Parse a YAML `options:` mapping, raising ValueError naming a bad key.
+
+        `model_dir`, when given, is the folder holding the three downloads: relative `base_dir`,
+        `omniavatar_dir` and `wav2vec_dir` are taken inside it. `resolve` then maps each directory
+        (e.g. `model.config.resolve_path`: as given if it exists, else relative to the project root).
+        """
+        dirs = ("base_dir", "omniavatar_dir", "wav2vec_dir")
+        known = ("model_dir", *dirs, "dtype", "device", "prompt_cache_size", "reference_cache_size")
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise ValueError(f"unknown OmniAvatar options {unknown}; known: {list(known)}")
-        missing = [k for k in ("base_dir", "omniavatar_dir", "wav2vec_dir") if not options.get(k)]
+        missing = [k for k in dirs if not options.get(k)]
         if missing:
             raise ValueError(f"OmniAvatar options need {missing} (directories of the official downloads)")
         dtype = str(options.get("dtype", "bf16"))
@@ -129,10 +136,7 @@ class OmniAvatarOptions:
         device = str(options.get("device", "cuda"))
         if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
             raise ValueError(f"options.device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-        return cls(
-            base_dir=resolve(Path(options["base_dir"])),
-            omniavatar_dir=resolve(Path(options["omniavatar_dir"])),
-            wav2vec_dir=resolve(Path(options["wav2vec_dir"])),
-            dtype=dtype,
-            device=device,
-        )
+        root = Path(options["model_dir"]).expanduser() if options.get("model_dir") else None
+        located = {k: resolve(root / options[k] if root is not None else Path(options[k])) for k in dirs}
+        caches = {k: int(options[k]) for k in ("prompt_cache_size", "reference_cache_size") if k in options}
+        return cls(**located, dtype=dtype, device=device, **caches)

@@ -68,7 +68,8 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
     planning = {"max_tokens": args.max_tokens, "lead_in_s": args.lead_in_s}
     return {
-        "options": {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if v is not None},
+        # directories given on the command line are relative to the working directory, not to options.model_dir
+        "options": {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in options.items() if v is not None},
         "planning": {k: v for k, v in planning.items() if v is not None},
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
 
 import numpy as np
@@ -173,24 +174,34 @@ def test_three_passes_with_separate_audio_scale_and_one_without_guidance(tiny_ba
         )
 
 
-def test_prompts_are_encoded_once_per_request(tiny_backend, tiny_config):
-    request = tiny_request(tiny_config)
+def test_prompts_are_encoded_once_and_cached_across_requests(tiny_backend, tiny_config):
+    """Texts never seen before: each encoded once for a whole multi-segment request; the same request again
+    encodes no text and takes the reference latent from the cache (the VAE encoder then only sees prefixes)."""
+    base = tiny_request(tiny_config)
+    request = replace(base, prompt=f"cache test {uuid.uuid4()}", negative_prompt=f"negative {uuid.uuid4()}")
     plan = plan_segments(request, tiny_config.planning)
-    counts = {"text": 0, "audio": 0}
-    h1 = tiny_backend.models.text_encoder.model.register_forward_hook(
-        lambda *a: counts.__setitem__("text", counts["text"] + 1)
-    )
-    h2 = tiny_backend.models.audio_encoder.model.register_forward_hook(
-        lambda *a: counts.__setitem__("audio", counts["audio"] + 1)
-    )
+    counts = {"text": 0, "audio": 0, "vae_encode": 0}
+
+    def counter(name):
+        return lambda *_: counts.__setitem__(name, counts[name] + 1)
+
+    hooks = [
+        tiny_backend.models.text_encoder.model.register_forward_hook(counter("text")),
+        tiny_backend.models.audio_encoder.model.register_forward_hook(counter("audio")),
+        tiny_backend.models.vae.model.encoder.register_forward_hook(counter("vae_encode")),
+    ]
     try:
         run(tiny_backend, request, plan)
+        first = dict(counts)
+        counts.update(text=0, audio=0, vae_encode=0)
+        run(tiny_backend, request, plan)
+        second = dict(counts)
     finally:
-        h1.remove()
-        h2.remove()
-    assert counts == {"text": 2, "audio": 1}, (
-        f"expected 2 prompt encodings and 1 audio encoding for {plan.num_segments} segments, found {counts}"
-    )
+        for hook in hooks:
+            hook.remove()
+    assert (first["text"], first["audio"]) == (2, 1), f"expected 2 prompt encodings and 1 audio encoding, found {first}"
+    assert (second["text"], second["audio"]) == (0, 1), f"the same prompts again should come from the cache, found {second}"
+    assert second["vae_encode"] < first["vae_encode"], f"the reference latent should be cached: {first} then {second}"
 
 
 def test_cancel_stops_within_one_step(tiny_backend, tiny_config):
@@ -226,7 +237,8 @@ def test_requests_without_image_or_audio_follow_the_plan(tiny_backend, tiny_conf
 def test_describe_and_warm_up(tiny_backend):
     described = tiny_backend.describe()
     want = {"backend": "omniavatar", "model": "OmniAvatar Wan2.1-T2V-tiny", "device": "cpu", "dtype": "fp32"}
-    assert described == want, f"expected {want}, found {described}"
+    assert {k: described[k] for k in want} == want, f"expected {want}, found {described}"
+    assert described["files"]["base"].endswith("Wan2.1-T2V-tiny"), described["files"]
     tiny_backend.warm_up()  # one small pass through every network must run
 
 

@@ -2,7 +2,7 @@
 // No framework and no build step: ES modules served as they are by the ingress at /static/.
 
 import { joinSegments } from "./fmp4.js";
-import { StreamPlayer } from "./player.js";
+import { StreamPlayer, clearVideo } from "./player.js";
 import { readEventStream } from "./sse.js";
 import { decodeToMono, encodeWav } from "./wav.js";
 
@@ -166,8 +166,13 @@ function setFile(kind, file, how = "chosen") {
       // An older browser: the info line below still names the file.
     }
   }
-  $(`${kind}-info`).textContent = `${how === "recorded" ? "Recorded" : "Selected"}: ${file.name}, ${formatBytes(file.size)}`;
+  const info = $(`${kind}-info`);
+  info.textContent = `${how === "recorded" ? "Recorded" : "Selected"}: ${file.name}, ${formatBytes(file.size)}`;
   const preview = $(`${kind}-preview`);
+  preview.onerror = () => {
+    preview.hidden = true;
+    info.append(". This browser cannot preview it.");
+  };
   if (state.previewUrls[kind]) URL.revokeObjectURL(state.previewUrls[kind]);
   state.previewUrls[kind] = URL.createObjectURL(file);
   preview.src = state.previewUrls[kind];
@@ -351,11 +356,12 @@ async function generate() {
     return;
   }
   resetOutput();
-  state.run?.player.dispose();
+  state.run?.player?.dispose();
+  clearVideo(ui.video);
   const run = {
     controller: new AbortController(),
     startedAt: performance.now(),
-    player: new StreamPlayer(ui.video, (error) => playbackFailed(run, error)),
+    player: null, // a StreamPlayer once the service accepted the request
     info: null, // the start event
     segments: [], // {bytes, startFrame, numFrames}
     items: [], // the segment list's <li> per segment
@@ -366,7 +372,6 @@ async function generate() {
     done: false,
   };
   state.run = run;
-  if (run.player.failed) playbackFailed(run, run.player.failed); // no Media Source Extensions at all
   setBusy(true);
   setStatus("Sending the request…");
   try {
@@ -385,6 +390,8 @@ async function generate() {
     if (!(response.headers.get("Content-Type") || "").startsWith("text/event-stream")) {
       throw new Error(`the service answered with ${response.headers.get("Content-Type") || "no content type"} instead of an event stream`);
     }
+    run.player = new StreamPlayer(ui.video, (error) => playbackFailed(run, error));
+    if (run.player.failed) playbackFailed(run, run.player.failed); // no Media Source Extensions at all
     setStatus("Waiting for the service to start…");
     const { incomplete } = await readEventStream(response.body, (event) => handleEvent(run, event));
     if (!run.outcome) {
@@ -409,7 +416,7 @@ async function generate() {
     }
   } finally {
     run.controller.abort(); // after an unexpected error: close the connection, so the service stops too
-    run.player.end(); // whatever arrived plays to its end
+    run.player?.end(); // whatever arrived plays to its end
     run.done = true;
     setBusy(false);
   }

@@ -14,6 +14,12 @@ export class PlaybackError extends Error {
   }
 }
 
+/** Empties a video element: no source, no spinner. */
+export function clearVideo(video) {
+  video.removeAttribute("src");
+  video.load();
+}
+
 export class StreamPlayer {
   /** video: the <video> element; onError(PlaybackError): called once when playback cannot go on. */
   constructor(video, onError) {
@@ -73,7 +79,8 @@ export class StreamPlayer {
   /** Tells the player that no more segments come, so it plays to the end instead of waiting. */
   end() {
     return this.enqueue(() => {
-      if (this.mediaSource.readyState === "open") this.mediaSource.endOfStream();
+      if (!this.sourceBuffer) clearVideo(this.video); // nothing arrived: an empty player, not a loading one
+      else if (this.mediaSource.readyState === "open") this.mediaSource.endOfStream();
     });
   }
 

@@ -98,9 +98,27 @@ function readAsDataUrl(file) {
   return new Promise((resolve, reject) => {
     const reader = new FileReader();
     reader.onload = () => resolve(reader.result);
-    reader.onerror = () => reject(reader.error || new Error(`could not read ${file.name}`));
+    reader.onerror = () => reject(new Problem("A file could not be read", `${file.name} could not be read (${reader.error?.name || "error"}). Choose it again.`));
     reader.readAsDataURL(file);
   });
+}
+
+/** A failure with a title and a message for the user. */
+class Problem extends Error {
+  constructor(title, message) {
+    super(message);
+    this.title = title;
+  }
+}
+
+/** fetch() and reads of its body fail with a TypeError when the network does: say so in words. */
+async function overNetwork(promise, what) {
+  try {
+    return await promise;
+  } catch (error) {
+    if (error.name === "AbortError" || error instanceof Problem) throw error;
+    throw new Problem("The service could not be reached", `${what} (${error.message}). Check that the service is running, then try again.`);
+  }
 }
 
 function setStatus(text) {
@@ -376,24 +394,26 @@ async function generate() {
   setStatus("Sending the request…");
   try {
     const body = await requestBody(fields);
-    const response = await fetch("/generate-stream", {
+    const request = fetch("/generate-stream", {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
       body: JSON.stringify(body),
       signal: run.controller.signal,
     });
+    const response = await overNetwork(request, "The request could not be sent");
     if (!response.ok) {
       await showHttpError(response);
       run.outcome = "error";
       return;
     }
     if (!(response.headers.get("Content-Type") || "").startsWith("text/event-stream")) {
-      throw new Error(`the service answered with ${response.headers.get("Content-Type") || "no content type"} instead of an event stream`);
+      throw new Problem("Unexpected answer", `The service answered with ${response.headers.get("Content-Type") || "no content type"} instead of an event stream.`);
     }
     run.player = new StreamPlayer(ui.video, (error) => playbackFailed(run, error));
     if (run.player.failed) playbackFailed(run, run.player.failed); // no Media Source Extensions at all
     setStatus("Waiting for the service to start…");
-    const { incomplete } = await readEventStream(response.body, (event) => handleEvent(run, event));
+    const reading = readEventStream(response.body, (event) => handleEvent(run, event));
+    const { incomplete } = await overNetwork(reading, "The connection to the service was lost");
     if (!run.outcome) {
       run.outcome = "error";
       showError(
@@ -404,15 +424,16 @@ async function generate() {
       setStatus("The stream ended too early.");
     }
   } catch (error) {
-    if (run.stopped) {
+    if (run.outcome) {
+      // complete or failed already: what came after (a Stop pressed at the last moment) changes nothing
+    } else if (run.stopped) {
       run.outcome = "stopped";
       const total = run.info ? ` of ${run.info.total_segments}` : "";
       setStatus(`Stopped after ${run.segments.length}${total} segments. The request was cancelled.`);
     } else {
       run.outcome = "error";
-      const unreachable = error instanceof TypeError;
-      showError(unreachable ? "The service could not be reached" : "Something went wrong", unreachable ? `The request failed: ${error.message}. Check that the service is running and try again.` : error.message);
-      setStatus("The request failed.");
+      showError(error.title || "Something went wrong", error.message || String(error));
+      setStatus(`${error.title || "Something went wrong"}.`);
     }
   } finally {
     run.controller.abort(); // after an unexpected error: close the connection, so the service stops too
@@ -450,15 +471,19 @@ async function showHttpError(response) {
 }
 
 function handleEvent(run, event) {
+  if (run.outcome) return; // nothing counts after complete or error
   let data;
   try {
     data = JSON.parse(event.data);
   } catch {
-    throw new Error(`the service sent an unreadable ${event.type} event`);
+    throw new Problem("The stream could not be read", `The service sent an unreadable ${event.type} event.`);
   }
-  if (run.outcome) return; // nothing counts after complete or error
   const handler = { start: onStart, progress: onProgress, segment: onSegment, complete: onComplete, error: onStreamError }[event.type];
-  if (handler) handler(run, data);
+  try {
+    handler?.(run, data);
+  } catch (error) {
+    throw error instanceof Problem ? error : new Problem("The stream could not be used", `A ${event.type} event could not be handled: ${error.message}`);
+  }
 }
 
 function onStart(run, info) {
@@ -491,7 +516,7 @@ function onProgress(run, progress) {
 
 function onSegment(run, segment) {
   if (segment.segment_index !== run.segments.length) {
-    throw new Error(`segment ${segment.segment_index + 1} arrived when segment ${run.segments.length + 1} was expected`);
+    throw new Problem("The stream could not be used", `Segment ${segment.segment_index + 1} arrived when segment ${run.segments.length + 1} was expected.`);
   }
   const bytes = base64ToBytes(segment.segment_base64);
   const arrivedS = (performance.now() - run.startedAt) / 1000;

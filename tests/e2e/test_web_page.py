@@ -309,3 +309,56 @@ def test_event_stream_parser_handles_every_chunk_split(page: playwright_api.Page
     )
     expected = [["start", '{"a": 1}'], ["segment", '{"b":\n "é"}'], ["complete", "{}"]]
     assert results == [json.dumps(expected, separators=(",", ":"), ensure_ascii=False)]
+
+
+START_EVENT = {"request_id": "r1", "total_segments": 3, "fps": 25, "width": 720, "height": 400, "num_frames": 201,
+               "duration_s": 8.04, "lead_in_s": 0.3, "num_steps": 4, "seed": 5, "backend": "preview"}
+
+
+def sse(*events: tuple[str, dict]) -> str:
+    return "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events)
+
+
+@pytest.mark.parametrize(
+    ("answer", "title", "message", "detail"),
+    [
+        pytest.param(
+            {"status": 200, "content_type": "text/event-stream",
+             "body": sse(("start", START_EVENT), ("progress", {"segment_index": 0, "step": 1, "num_steps": 4}),
+                         ("error", {"error": {"code": "generation_failed", "message": "The backend ran out of memory."}}))},
+            "The generation failed", "The backend ran out of memory.", "code generation_failed, after 0 of 3 segments",
+            id="error-event",
+        ),
+        pytest.param(
+            {"status": 503, "headers": {"Retry-After": "5"}, "content_type": "application/json",
+             "body": json.dumps({"success": False, "error": {"code": "overloaded", "message": "Every generator is busy.", "field": None}})},
+            "The service is busy or not ready", "Every generator is busy.", "HTTP 503, code overloaded, try again in 5 s",
+            id="http-503",
+        ),
+        pytest.param(
+            {"status": 502, "content_type": "text/html", "body": "<h1>Bad Gateway</h1>"},
+            "The service answered with an error", "HTTP 502 Bad Gateway", "HTTP 502",
+            id="proxy-502",
+        ),
+        pytest.param(
+            {"status": 200, "content_type": "text/event-stream", "body": sse(("start", START_EVENT)) + "event: progress\ndata: {"},
+            "The stream ended too early", "The connection closed before the video was complete (0 of 3 segments).",
+            "The last event was cut off.",
+            id="cut-off",
+        ),
+        pytest.param(
+            None, "The service could not be reached", "The request could not be sent", "", id="network-down",
+        ),
+    ],
+)
+def test_every_failure_has_a_clear_message(page: playwright_api.Page, answer: dict | None, title: str, message: str, detail: str) -> None:
+    """Failures the example inputs cannot provoke from a healthy service, answered by a stand-in route."""
+    page.route("**/generate-stream", lambda route: route.fulfill(**answer) if answer else route.abort("connectionrefused"))
+    fill_form(page, steps=4)
+    page.click("#generate-button")
+    playwright_api.expect(page.locator("#error-box")).to_be_visible(timeout=10_000)
+    playwright_api.expect(page.locator("#error-title")).to_have_text(title)
+    playwright_api.expect(page.locator("#error-message")).to_contain_text(message)
+    if detail:
+        playwright_api.expect(page.locator("#error-detail")).to_have_text(detail)
+    assert page.is_enabled("#generate-button") and page.is_disabled("#stop-button") and page.is_disabled("#download-button")

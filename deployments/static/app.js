@@ -356,7 +356,6 @@ function setBusy(busy) {
   ui.generateButton.disabled = busy;
   ui.stopButton.disabled = !busy;
   ui.downloadButton.disabled = busy || !state.download;
-  ui.form.setAttribute("aria-busy", String(busy));
   if (busy && document.activeElement === ui.generateButton) ui.stopButton.focus();
   if (!busy && stopHadFocus) (state.download ? ui.downloadButton : ui.generateButton).focus();
 }

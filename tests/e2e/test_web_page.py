@@ -257,6 +257,28 @@ def test_records_speech_from_the_microphone_as_wav(page: playwright_api.Page) ->
     assert abs(samples).max() > 0.01, "the fake microphone's beep is missing: the recording is silent"
 
 
+def test_dropped_files_go_where_their_type_belongs(page: playwright_api.Page) -> None:
+    """Both files dropped at once on the image's zone: the image goes to the image, the speech to the speech."""
+    page.evaluate(
+        """([image, speech]) => {
+            const file = (b64, name, type) => new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name, {type});
+            const transfer = new DataTransfer();
+            transfer.items.add(file(speech, 'speech_en.mp3', 'audio/mpeg'));
+            transfer.items.add(file(image, 'man_on_sofa.jpeg', 'image/jpeg'));
+            const zone = document.querySelector('#image-zone');
+            for (const type of ['dragenter', 'dragover', 'drop']) {
+                zone.dispatchEvent(new DragEvent(type, {dataTransfer: transfer, bubbles: true, cancelable: true}));
+            }
+        }""",
+        [base64.b64encode(IMAGE.read_bytes()).decode(), base64.b64encode(SPEECH.read_bytes()).decode()],
+    )
+    playwright_api.expect(page.locator("#image-info")).to_have_text(re.compile(r"^Selected: man_on_sofa\.jpeg, \d+ kB$"))
+    playwright_api.expect(page.locator("#audio-info")).to_have_text(re.compile(r"^Selected: speech_en\.mp3, \d+ kB$"))
+    assert page.evaluate("() => [document.querySelector('#image-input').files[0].name, document.querySelector('#audio-input').files[0].name]") == [
+        "man_on_sofa.jpeg", "speech_en.mp3"]
+    page.wait_for_function("() => document.querySelector('#image-preview').naturalWidth > 0")
+
+
 def test_form_is_labelled_keyboard_reachable_and_fits_a_phone(page: playwright_api.Page) -> None:
     unlabelled = page.evaluate(
         """() => [...document.querySelectorAll('input, textarea, button, video, progress')]

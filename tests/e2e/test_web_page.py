@@ -1,7 +1,11 @@
 """The web page at `/`, in headless Chromium (Debian's package, driven by Playwright), against the real service
 started with `serve run` and the preview backend, paced so that a stream lasts long enough to watch it.
 
-Screenshots and the downloaded video are written to tests/e2e/artifacts/ (gitignored).
+    make browser-deps   # once: Debian's chromium
+    .venv/bin/python -m pytest tests/e2e/test_web_page.py -q
+
+Screenshots (first-segment.png, complete.png, bad-upload.png, phone.png) and the downloaded video are written
+to tests/e2e/artifacts/ (gitignored).
 """
 
 from __future__ import annotations
@@ -19,12 +23,11 @@ import av
 import httpx
 import pytest
 import soundfile
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.e2e.server import serve_run
 from tests.helpers import EXAMPLE_IMAGE as IMAGE
 from tests.helpers import EXAMPLE_SPEECH as SPEECH
-
-playwright_api = pytest.importorskip("playwright.sync_api", reason="install the test extra: pip install -e '.[test]'")
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).with_name("artifacts")
@@ -61,24 +64,24 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[playwright_api.Browser]:
+def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `make browser-deps` installs Debian's chromium")
-    with playwright_api.sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 
 
 @pytest.fixture
-def page(browser: playwright_api.Browser, service: Service) -> Iterator[playwright_api.Page]:
+def page(browser: Browser, service: Service) -> Iterator[Page]:
     """A fresh browser context on the page; fails the test if the page threw an uncaught error."""
     context = browser.new_context(accept_downloads=True, viewport={"width": 1000, "height": 1400})
     page = context.new_page()
     uncaught: list[str] = []
     page.on("pageerror", lambda error: uncaught.append(str(error)))
     page.goto(service.url + "/")
-    playwright_api.expect(page.locator("#service-status")).to_contain_text("ready", timeout=10_000)
+    expect(page.locator("#service-status")).to_contain_text("ready", timeout=10_000)
     yield page
     context.close()
     assert not uncaught, f"the page threw: {uncaught}"
@@ -89,7 +92,7 @@ def artifact(name: str) -> Path:
     return ARTIFACTS / name
 
 
-def fill_form(page: playwright_api.Page, image: Path | dict = IMAGE, steps: int = 10, seed: int = 1234) -> None:
+def fill_form(page: Page, image: Path | dict = IMAGE, steps: int = 10, seed: int = 1234) -> None:
     page.set_input_files("#image-input", image)
     page.set_input_files("#audio-input", SPEECH)
     page.fill("#prompt-input", "A man on a sofa speaking directly to the camera.")
@@ -109,7 +112,7 @@ def example_body(**fields: object) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_plays_while_streaming_then_downloads_the_whole_video(page: playwright_api.Page, service: Service) -> None:
+def test_plays_while_streaming_then_downloads_the_whole_video(page: Page, service: Service) -> None:
     fill_form(page, steps=10, seed=1234)
     page.click("#generate-button")
     clicked = time.monotonic()
@@ -134,7 +137,7 @@ def test_plays_while_streaming_then_downloads_the_whole_video(page: playwright_a
     assert re.fullmatch(r"\d+\.\d+ s", first_segment_text), first_segment_text
     assert page.is_enabled("#stop-button") and page.is_disabled("#download-button")
 
-    playwright_api.expect(page.locator("#status")).to_contain_text("Done", timeout=60_000)
+    expect(page.locator("#status")).to_contain_text("Done", timeout=60_000)
     elapsed = time.monotonic() - clicked
     total = int(during["total"])
     video_fact = page.inner_text("#fact-video")
@@ -145,7 +148,9 @@ def test_plays_while_streaming_then_downloads_the_whole_video(page: playwright_a
 
     # Every segment is in one gapless buffered range, audio and video (the element's ranges are their
     # intersection), and playback runs through the segment boundaries to the end.
-    ranges = page.evaluate("() => { const b = document.querySelector('#player').buffered; return [...Array(b.length)].map((_, i) => [b.start(i), b.end(i)]); }")
+    ranges = page.evaluate(
+        "() => { const b = document.querySelector('#player').buffered; return [...Array(b.length)].map((_, i) => [b.start(i), b.end(i)]); }"
+    )
     assert len(ranges) == 1 and ranges[0][0] < 0.05 and abs(ranges[0][1] - num_frames / 25) < 0.1, ranges
     page.wait_for_function("() => document.querySelector('#player').ended", timeout=30_000)
     played = page.evaluate(
@@ -184,13 +189,13 @@ def test_plays_while_streaming_then_downloads_the_whole_video(page: playwright_a
     assert all((a == b).all() for a, b in zip(frames, reference, strict=True))
 
 
-def test_a_bad_upload_shows_the_services_error(page: playwright_api.Page, service: Service) -> None:
+def test_a_bad_upload_shows_the_services_error(page: Page, service: Service) -> None:
     not_an_image = {"name": "face.png", "mimeType": "image/png", "buffer": b"this is not a picture"}
     fill_form(page, image=not_an_image)
     page.click("#generate-button")
 
     error_box = page.locator("#error-box")
-    playwright_api.expect(error_box).to_be_visible(timeout=30_000)
+    expect(error_box).to_be_visible(timeout=30_000)
     expected = httpx.post(
         service.url + "/generate-stream",
         json=example_body(image_base64=base64.b64encode(not_an_image["buffer"]).decode(), num_steps=10, seed=1234),
@@ -198,26 +203,26 @@ def test_a_bad_upload_shows_the_services_error(page: playwright_api.Page, servic
     )
     assert expected.status_code == 422
     error = expected.json()["error"]
-    playwright_api.expect(page.locator("#error-message")).to_have_text(error["message"])
-    playwright_api.expect(page.locator("#error-detail")).to_contain_text(f"HTTP 422, code {error['code']}")
+    expect(page.locator("#error-message")).to_have_text(error["message"])
+    expect(page.locator("#error-detail")).to_contain_text(f"HTTP 422, code {error['code']}")
     # The field the service names is marked, with the message beside it.
     assert error["field"] == "image_base64"
-    playwright_api.expect(page.locator("#image-input")).to_have_attribute("aria-invalid", "true")
-    playwright_api.expect(page.locator("#image-error")).to_have_text(error["message"])
+    expect(page.locator("#image-input")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#image-error")).to_have_text(error["message"])
     assert page.is_enabled("#generate-button") and page.is_disabled("#stop-button") and page.is_disabled("#download-button")
     page.screenshot(path=artifact("bad-upload.png"), full_page=True)
 
 
-def test_stop_cancels_the_request_on_the_service(page: playwright_api.Page, service: Service) -> None:
+def test_stop_cancels_the_request_on_the_service(page: Page, service: Service) -> None:
     fill_form(page, steps=40, seed=7)  # 10 s a segment: without the cancel, the generator stays busy for long
     page.click("#generate-button")
     page.wait_for_function("() => document.querySelector('#step-progress').value >= 2", timeout=60_000)
     request_id = page.inner_text("#fact-request")
     page.click("#stop-button")
 
-    playwright_api.expect(page.locator("#status")).to_contain_text("Stopped", timeout=10_000)
+    expect(page.locator("#status")).to_contain_text("Stopped", timeout=10_000)
     assert page.is_enabled("#generate-button") and page.is_disabled("#stop-button") and page.is_disabled("#download-button")
-    playwright_api.expect(page.locator("#error-box")).to_be_hidden()
+    expect(page.locator("#error-box")).to_be_hidden()
 
     cancelled = f"request {request_id} cancelled by the client"
     deadline = time.monotonic() + 15
@@ -237,12 +242,12 @@ def test_stop_cancels_the_request_on_the_service(page: playwright_api.Page, serv
     assert events[-1][0] == "complete", events
 
 
-def test_records_speech_from_the_microphone_as_wav(page: playwright_api.Page) -> None:
+def test_records_speech_from_the_microphone_as_wav(page: Page) -> None:
     page.click("#record-button")
-    playwright_api.expect(page.locator("#record-status")).to_contain_text("Recording 0:01", timeout=10_000)
+    expect(page.locator("#record-status")).to_contain_text("Recording 0:01", timeout=10_000)
     page.click("#record-button")
-    playwright_api.expect(page.locator("#audio-info")).to_contain_text("Recorded: recording.wav", timeout=10_000)
-    playwright_api.expect(page.locator("#audio-preview")).to_be_visible()
+    expect(page.locator("#audio-info")).to_contain_text("Recorded: recording.wav", timeout=10_000)
+    expect(page.locator("#audio-preview")).to_be_visible()
     encoded = page.evaluate(
         """async () => {
             const bytes = new Uint8Array(await document.querySelector('#audio-input').files[0].arrayBuffer());
@@ -257,7 +262,7 @@ def test_records_speech_from_the_microphone_as_wav(page: playwright_api.Page) ->
     assert abs(samples).max() > 0.01, "the fake microphone's beep is missing: the recording is silent"
 
 
-def test_dropped_files_go_where_their_type_belongs(page: playwright_api.Page) -> None:
+def test_dropped_files_go_where_their_type_belongs(page: Page) -> None:
     """Both files dropped at once on the image's zone: the image goes to the image, the speech to the speech."""
     page.evaluate(
         """([image, speech]) => {
@@ -272,14 +277,15 @@ def test_dropped_files_go_where_their_type_belongs(page: playwright_api.Page) ->
         }""",
         [base64.b64encode(IMAGE.read_bytes()).decode(), base64.b64encode(SPEECH.read_bytes()).decode()],
     )
-    playwright_api.expect(page.locator("#image-info")).to_have_text(re.compile(r"^Selected: man_on_sofa\.jpeg, \d+ kB$"))
-    playwright_api.expect(page.locator("#audio-info")).to_have_text(re.compile(r"^Selected: speech_en\.mp3, \d+ kB$"))
-    assert page.evaluate("() => [document.querySelector('#image-input').files[0].name, document.querySelector('#audio-input').files[0].name]") == [
-        "man_on_sofa.jpeg", "speech_en.mp3"]
+    expect(page.locator("#image-info")).to_have_text(re.compile(r"^Selected: man_on_sofa\.jpeg, \d+ kB$"))
+    expect(page.locator("#audio-info")).to_have_text(re.compile(r"^Selected: speech_en\.mp3, \d+ kB$"))
+    assert page.evaluate(
+        "() => [document.querySelector('#image-input').files[0].name, document.querySelector('#audio-input').files[0].name]"
+    ) == ["man_on_sofa.jpeg", "speech_en.mp3"]
     page.wait_for_function("() => document.querySelector('#image-preview').naturalWidth > 0")
 
 
-def test_form_is_labelled_keyboard_reachable_and_fits_a_phone(page: playwright_api.Page) -> None:
+def test_form_is_labelled_keyboard_reachable_and_fits_a_phone(page: Page) -> None:
     unlabelled = page.evaluate(
         """() => [...document.querySelectorAll('input, textarea, button, video, progress')]
             .filter((el) => !(el.labels?.length || el.getAttribute('aria-label') || el.textContent.trim()))
@@ -297,8 +303,8 @@ def test_form_is_labelled_keyboard_reachable_and_fits_a_phone(page: playwright_a
     page.set_input_files("#image-input", [])
     page.focus("#generate-button")
     page.keyboard.press("Enter")
-    playwright_api.expect(page.locator("#image-error")).to_have_text("Choose or drop a face image.")
-    playwright_api.expect(page.locator("#audio-error")).to_be_visible()
+    expect(page.locator("#image-error")).to_have_text("Choose or drop a face image.")
+    expect(page.locator("#audio-error")).to_be_visible()
     assert page.evaluate("() => document.activeElement.id") == "image-input"
 
     page.set_viewport_size({"width": 390, "height": 844})
@@ -306,15 +312,17 @@ def test_form_is_labelled_keyboard_reachable_and_fits_a_phone(page: playwright_a
     page.screenshot(path=artifact("phone.png"), full_page=True)
 
 
-SSE_SAMPLE = (
-    ": keep-alive\r\n\r\n"
-    "event: start\r\ndata: {\"a\": 1}\r\n\r\n"
-    "event: segment\ndata: {\"b\":\ndata:  \"é\"}\n\n"
-    "event: complete\rdata:{}\r\r"
+SSE_SAMPLE = "".join(
+    [
+        ": keep-alive\r\n\r\n",  # a comment, CR LF line ends
+        'event: start\r\ndata: {"a": 1}\r\n\r\n',
+        'event: segment\ndata: {"b":\ndata:  "é"}\n\n',  # two data lines; one space after the colon is dropped
+        "event: complete\rdata:{}\r\r",  # CR line ends, no space after the colon
+    ]
 )
 
 
-def test_event_stream_parser_handles_every_chunk_split(page: playwright_api.Page) -> None:
+def test_event_stream_parser_handles_every_chunk_split(page: Page) -> None:
     """The page's SSE parser gives the same events however the network cuts the stream (CR LF split too)."""
     results = page.evaluate(
         """async (text) => {
@@ -333,8 +341,19 @@ def test_event_stream_parser_handles_every_chunk_split(page: playwright_api.Page
     assert results == [json.dumps(expected, separators=(",", ":"), ensure_ascii=False)]
 
 
-START_EVENT = {"request_id": "r1", "total_segments": 3, "fps": 25, "width": 720, "height": 400, "num_frames": 201,
-               "duration_s": 8.04, "lead_in_s": 0.3, "num_steps": 4, "seed": 5, "backend": "preview"}
+START_EVENT = {
+    "request_id": "r1",
+    "total_segments": 3,
+    "fps": 25,
+    "width": 720,
+    "height": 400,
+    "num_frames": 201,
+    "duration_s": 8.04,
+    "lead_in_s": 0.3,
+    "num_steps": 4,
+    "seed": 5,
+    "backend": "preview",
+}
 
 
 def sse(*events: tuple[str, dict]) -> str:
@@ -345,42 +364,65 @@ def sse(*events: tuple[str, dict]) -> str:
     ("answer", "title", "message", "detail"),
     [
         pytest.param(
-            {"status": 200, "content_type": "text/event-stream",
-             "body": sse(("start", START_EVENT), ("progress", {"segment_index": 0, "step": 1, "num_steps": 4}),
-                         ("error", {"error": {"code": "generation_failed", "message": "The backend ran out of memory."}}))},
-            "The generation failed", "The backend ran out of memory.", "code generation_failed, after 0 of 3 segments",
+            {
+                "status": 200,
+                "content_type": "text/event-stream",
+                "body": sse(
+                    ("start", START_EVENT),
+                    ("progress", {"segment_index": 0, "step": 1, "num_steps": 4}),
+                    ("error", {"error": {"code": "generation_failed", "message": "The backend ran out of memory."}}),
+                ),
+            },
+            "The generation failed",
+            "The backend ran out of memory.",
+            "code generation_failed, after 0 of 3 segments",
             id="error-event",
         ),
         pytest.param(
-            {"status": 503, "headers": {"Retry-After": "5"}, "content_type": "application/json",
-             "body": json.dumps({"success": False, "error": {"code": "overloaded", "message": "Every generator is busy.", "field": None}})},
-            "The service is busy or not ready", "Every generator is busy.", "HTTP 503, code overloaded, try again in 5 s",
+            {
+                "status": 503,
+                "headers": {"Retry-After": "5"},
+                "content_type": "application/json",
+                "body": json.dumps(
+                    {"success": False, "error": {"code": "overloaded", "message": "Every generator is busy.", "field": None}}
+                ),
+            },
+            "The service is busy or not ready",
+            "Every generator is busy.",
+            "HTTP 503, code overloaded, try again in 5 s",
             id="http-503",
         ),
         pytest.param(
             {"status": 502, "content_type": "text/html", "body": "<h1>Bad Gateway</h1>"},
-            "The service answered with an error", "HTTP 502 Bad Gateway", "HTTP 502",
+            "The service answered with an error",
+            "HTTP 502 Bad Gateway",
+            "HTTP 502",
             id="proxy-502",
         ),
         pytest.param(
             {"status": 200, "content_type": "text/event-stream", "body": sse(("start", START_EVENT)) + "event: progress\ndata: {"},
-            "The stream ended too early", "The connection closed before the video was complete (0 of 3 segments).",
+            "The stream ended too early",
+            "The connection closed before the video was complete (0 of 3 segments).",
             "The last event was cut off.",
             id="cut-off",
         ),
         pytest.param(
-            None, "The service could not be reached", "The request could not be sent", "", id="network-down",
+            None,
+            "The service could not be reached",
+            "The request could not be sent",
+            "",
+            id="network-down",
         ),
     ],
 )
-def test_every_failure_has_a_clear_message(page: playwright_api.Page, answer: dict | None, title: str, message: str, detail: str) -> None:
+def test_every_failure_has_a_clear_message(page: Page, answer: dict | None, title: str, message: str, detail: str) -> None:
     """Failures the example inputs cannot provoke from a healthy service, answered by a stand-in route."""
     page.route("**/generate-stream", lambda route: route.fulfill(**answer) if answer else route.abort("connectionrefused"))
     fill_form(page, steps=4)
     page.click("#generate-button")
-    playwright_api.expect(page.locator("#error-box")).to_be_visible(timeout=10_000)
-    playwright_api.expect(page.locator("#error-title")).to_have_text(title)
-    playwright_api.expect(page.locator("#error-message")).to_contain_text(message)
+    expect(page.locator("#error-box")).to_be_visible(timeout=10_000)
+    expect(page.locator("#error-title")).to_have_text(title)
+    expect(page.locator("#error-message")).to_contain_text(message)
     if detail:
-        playwright_api.expect(page.locator("#error-detail")).to_have_text(detail)
+        expect(page.locator("#error-detail")).to_have_text(detail)
     assert page.is_enabled("#generate-button") and page.is_disabled("#stop-button") and page.is_disabled("#download-button")

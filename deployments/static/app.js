@@ -435,6 +435,10 @@ async function generate() {
       setStatus(`${error.title || "Something went wrong"}.`);
     }
   } finally {
+    if (run.outcome !== "complete") {
+      const why = run.outcome === "stopped" ? "stopped" : "failed";
+      run.items.slice(run.segments.length).forEach((item, i) => (item.textContent = `Segment ${run.segments.length + i + 1}: not made (${why})`));
+    }
     run.controller.abort(); // after an unexpected error: close the connection, so the service stops too
     run.player?.end(); // whatever arrived plays to its end
     run.done = true;

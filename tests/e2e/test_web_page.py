@@ -223,6 +223,7 @@ def test_stop_cancels_the_request_on_the_service(page: Page, service: Service) -
     expect(page.locator("#status")).to_contain_text("Stopped", timeout=10_000)
     assert page.is_enabled("#generate-button") and page.is_disabled("#stop-button") and page.is_disabled("#download-button")
     expect(page.locator("#error-box")).to_be_hidden()
+    expect(page.locator("#segment-list li").last).to_contain_text("not made (stopped)")
 
     cancelled = f"request {request_id} cancelled by the client"
     deadline = time.monotonic() + 15

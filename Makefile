@@ -19,8 +19,16 @@ $(VENV)/.installed: pyproject.toml
 serve: setup
 	$(VENV)/bin/serve run serve_config.yaml
 
-test: setup
+test: setup browser-deps
 	$(PY) -m pytest
+
+# Debian's chromium for the browser test (Playwright's own browser download is not used); skipped when present.
+.PHONY: browser-deps
+browser-deps:
+	@if [ -x /usr/bin/chromium ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	else echo "browser-deps: run as root or install sudo to install Debian's chromium" >&2; exit 1; fi; \
+	$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends chromium
 
 bench: setup
 	$(PY) -m bench

@@ -3,6 +3,8 @@
 No `from __future__ import annotations` here: Serve reads build_app's annotation to validate the YAML args.
 """
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,9 @@ from model.media import EncodingOptions
 from model.request import RequestLimits
 
 
+MODEL_DIR_ENV = "OMNIAVATAR_MODEL_DIR"
+
+
 class AppArgs(BaseModel):
     """The `args` of the application in serve_config.yaml."""
 
@@ -26,6 +31,9 @@ class AppArgs(BaseModel):
     backend: str = Field("preview", description="The backend to serve: preview or omniavatar")
     config: str | None = Field(None, description="Model config YAML; default configs/<backend>.yaml")
     options: dict[str, Any] = Field(default_factory=dict, description="Merged into the model config's `options`")
+    model_dir: str | None = Field(
+        None, description=f"Folder of the model files, for configs with `options.model_dir`; default ${MODEL_DIR_ENV}"
+    )
     limits: RequestLimits = RequestLimits()
     encoding: EncodingOptions = EncodingOptions()
     stream: StreamOptions = StreamOptions()
@@ -45,6 +53,9 @@ class AppArgs(BaseModel):
 
 def build_app(args: AppArgs) -> Application:
     config = load_model_config(args.config or f"configs/{args.backend}.yaml", {"options": args.options})
+    model_dir = args.model_dir or os.environ.get(MODEL_DIR_ENV)
+    if model_dir and "model_dir" in config.options:  # only backends with weights name a model_dir
+        config = dataclasses.replace(config, options={**config.options, "model_dir": model_dir})
     if config.backend != args.backend:
         raise ValueError(f"args.backend is {args.backend!r} but {config.source} configures backend {config.backend!r}")
     generator = AvatarGenerator.options(**args.generator).bind(config, args.encoding, load_timeout_s=args.load_timeout_s)

@@ -2,7 +2,8 @@
 
 - `/`        the service as serve_config.yaml configures it (preview backend);
 - `/paced/`  the preview at a model's pace (0.1 s a step), one generation at a time and a queue of one;
-- `/failing/` a backend that raises at segment 1.
+- `/failing/` a backend that raises at segment 1;
+- `/tiny/`    the real OmniAvatar backend on tiny random weights in the official layout (CPU, fp32).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +22,7 @@ from deployments.app import AppArgs, build_app
 from deployments.generator import AvatarGenerator
 from deployments.ingress import AvatarIngress
 from model.config import load_model_config
+from model.omniavatar.tiny import write_tiny
 from model.request import RequestLimits
 from tests.e2e.server import free_port
 from tests.integration.backends import FailingPreviewBackend
@@ -39,7 +42,7 @@ class Service:
 
 @pytest.fixture(scope="session")
 def base_url() -> Iterator[str]:
-    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=10, include_dashboard=False, log_to_driver=False)  # logical CPUs: one per generator replica
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
@@ -74,6 +77,26 @@ def failing(base_url: str) -> Service:
     )
     serve.run(AvatarIngress.bind(generator, config, args.limits, args.stream), name="failing", route_prefix="/failing")
     return Service(f"{base_url}/failing", "failing")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny OmniAvatar folders, as a user's download would look."""
+    root = tmp_path_factory.mktemp("omniavatar-tiny")
+    write_tiny(root)
+    return root
+
+
+def omniavatar_app_args(model_dir: Path, **overrides) -> AppArgs:
+    """The tiny OmniAvatar config served like configs/serve-omniavatar-tiny.yaml, from `model_dir`."""
+    generator = {"num_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 4, "ray_actor_options": {"num_cpus": 1}}
+    return AppArgs(backend="omniavatar", config="configs/omniavatar-tiny.yaml", model_dir=str(model_dir), generator=generator, **overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny(base_url: str, tiny_model_dir: Path) -> Service:
+    serve.run(build_app(omniavatar_app_args(tiny_model_dir)), name="tiny", route_prefix="/tiny")
+    return Service(f"{base_url}/tiny", "tiny")
 
 
 @pytest.fixture

@@ -37,26 +37,30 @@ def peak_mib(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for {pid}")
 
 
+def peaks_per_request(url: str, durations: tuple[float, ...]) -> dict[float, tuple[dict[str, float], int]]:
+    """For each audio duration: the peak RSS (MiB) of each Serve process during one streamed request, and
+    its number of segments."""
+    timed_stream(url, speech_request(min(durations)))  # warm-up: imports, detector, codecs, caches
+    pids = serve_processes()
+    results = {}
+    for seconds in durations:
+        body = speech_request(seconds)
+        reset_peaks(pids)
+        stream = timed_stream(url, body)
+        results[seconds] = ({role: peak_mib(pid) for role, pid in pids.items()}, len(stream.segment_arrivals))
+    return results
+
+
+def print_peaks(results: dict[float, tuple[dict[str, float], int]]) -> None:
+    (short_s, (short, short_segments)), (long_s, (long, long_segments)) = sorted(results.items())
+    print("peak RSS (MiB) of each Serve process during one streamed request")
+    print(f"{'process':<16} {f'{short_s:.0f} s audio':>11} {f'{long_s:.0f} s audio':>11} {'ratio':>6}")
+    for role in sorted(short):
+        print(f"{role:<16} {short[role]:>11.0f} {long[role]:>11.0f} {long[role] / short[role]:>6.2f}")
+    print(f"{'all':<16} {sum(short.values()):>11.0f} {sum(long.values()):>11.0f} {sum(long.values()) / sum(short.values()):>6.2f}")
+    print(f"segments: {short_segments} vs {long_segments} (video length ratio {long_s / short_s:.0f}x)")
+
+
 def main() -> None:
     with running_service(dashboard=True) as urls:  # the state API that lists the processes needs the dashboard
-        url = urls["avatar"]
-        timed_stream(url, speech_request(5.0))  # warm-up: imports, detector, codecs
-        pids = serve_processes()
-        results = {}
-        for seconds in (10.0, 60.0):
-            body = speech_request(seconds)
-            reset_peaks(pids)
-            stream = timed_stream(url, body)
-            results[seconds] = ({role: peak_mib(pid) for role, pid in pids.items()}, len(stream.segment_arrivals))
-    print("peak RSS (MiB) of each Serve process during one streamed request")
-    print(f"{'process':<16} {'10 s audio':>11} {'60 s audio':>11} {'ratio':>6}")
-    for role in sorted(pids):
-        short, long = results[10.0][0][role], results[60.0][0][role]
-        print(f"{role:<16} {short:>11.0f} {long:>11.0f} {long / short:>6.2f}")
-    total_short, total_long = (sum(results[s][0].values()) for s in (10.0, 60.0))
-    print(f"{'all':<16} {total_short:>11.0f} {total_long:>11.0f} {total_long / total_short:>6.2f}")
-    print(f"segments: {results[10.0][1]} vs {results[60.0][1]} (video length ratio {60 / 10:.0f}x)")
-
-
-if __name__ == "__main__":
-    main()
+        print_peaks(peaks_per_request(urls["avatar"], (10.0, 60.0)))

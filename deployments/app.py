@@ -19,7 +19,6 @@ from model.config import PROJECT_ROOT, load_model_config
 from model.media import EncodingOptions
 from model.request import RequestLimits
 
-
 MODEL_DIR_ENV = "OMNIAVATAR_MODEL_DIR"
 
 

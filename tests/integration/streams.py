@@ -58,3 +58,19 @@ def decode_frames(mp4: bytes) -> np.ndarray:
 def stream_types(mp4: bytes) -> list[str]:
     with av.open(io.BytesIO(mp4)) as container:
         return sorted(s.type for s in container.streams)
+
+
+ROUTES = {"generate-stream": sse_events, "generate-stream-chunked": ndjson_events}
+
+
+def stream_both_ways(url: str, body: dict[str, Any]) -> dict[str, list[Event]]:
+    """The same request over SSE and over NDJSON, each read to its end: route -> events."""
+    results = {}
+    with httpx.Client(timeout=300) as http:
+        for route, reader in ROUTES.items():
+            with http.stream("POST", f"{url}/{route}", json=body) as response:
+                assert response.status_code == 200, response.read()
+                expected = "text/event-stream" if reader is sse_events else "application/x-ndjson"
+                assert response.headers["content-type"].startswith(expected), response.headers["content-type"]
+                results[route] = list(reader(response))
+    return results

@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import audio_file, b64, speech_like
 from tests.integration.conftest import PACED_STEP_S, Service
-from tests.integration.streams import decode_frames, ndjson_events, segment_bytes, sse_events, stream_types
+from tests.integration.streams import decode_frames, segment_bytes, sse_events, stream_both_ways, stream_types
 
 SPEECH_S = 5.0
 REQUEST = {"prompt": "a person talking", "audio_base64": b64(audio_file(speech_like(SPEECH_S), 16000)), "seed": 7, "num_steps": 2}
@@ -29,15 +29,7 @@ def test_health(service: Service, client: httpx.Client) -> None:
 
 @pytest.fixture(scope="module")
 def streamed(service: Service) -> dict[str, list]:
-    """The same request over SSE and NDJSON."""
-    results = {}
-    with httpx.Client(timeout=120) as http:
-        for route, reader in (("generate-stream", sse_events), ("generate-stream-chunked", ndjson_events)):
-            with http.stream("POST", f"{service.url}/{route}", json=REQUEST) as response:
-                assert response.status_code == 200, response.read()
-                assert response.headers["content-type"].startswith("text/event-stream" if reader is sse_events else "application/x-ndjson")
-                results[route] = list(reader(response))
-    return results
+    return stream_both_ways(service.url, REQUEST)
 
 
 @pytest.mark.parametrize(("route", "names"), [("generate-stream", ("start", "progress", "segment", "complete")),

@@ -23,7 +23,7 @@ from deployments.app import build_app
 from model.config import PROJECT_ROOT
 from tests.helpers import EXAMPLE_IMAGE, audio_file, b64, speech_like
 from tests.integration.conftest import Service, omniavatar_app_args
-from tests.integration.streams import decode_frames, ndjson_events, segment_bytes, sse_events, stream_types
+from tests.integration.streams import decode_frames, segment_bytes, sse_events, stream_both_ways, stream_types
 from tests.integration.test_cancel_and_overload import wait_for_status
 
 SPEECH = audio_file(speech_like(0.7), 16000)  # (0.3 s lead-in + 0.7 s) * 25 = 25 frames: 3 segments of 13 / 8 / 5
@@ -32,13 +32,7 @@ REQUEST = {"prompt": "a person talking", "image_base64": b64(EXAMPLE_IMAGE.read_
 
 @pytest.fixture(scope="module")
 def streamed(tiny: Service) -> dict[str, list]:
-    results = {}
-    with httpx.Client(timeout=300) as http:
-        for route, reader in (("generate-stream", sse_events), ("generate-stream-chunked", ndjson_events)):
-            with http.stream("POST", f"{tiny.url}/{route}", json=REQUEST) as response:
-                assert response.status_code == 200, response.read()
-                results[route] = list(reader(response))
-    return results
+    return stream_both_ways(tiny.url, REQUEST)
 
 
 def test_health_names_the_loaded_model(tiny: Service, client: httpx.Client) -> None:

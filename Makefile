@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch>=2.13,<2.15' || echo 'torch==2.13.0')
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup serve test bench clean
+.PHONY: setup serve test bench clean tiny-model
 
 setup: $(VENV)/.installed
 

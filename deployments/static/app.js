@@ -4,7 +4,7 @@
 import { joinSegments } from "./fmp4.js";
 import { StreamPlayer, clearVideo } from "./player.js";
 import { readEventStream } from "./sse.js";
-import { decodeToMono, encodeWav } from "./wav.js";
+import { MicrophoneRecording } from "./recorder.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -235,56 +235,37 @@ ui.recordButton.addEventListener("click", () => (state.recorder ? stopRecording(
 
 async function startRecording() {
   clearFieldError("audio");
-  if (!navigator.mediaDevices?.getUserMedia || !window.MediaRecorder) {
+  if (!MicrophoneRecording.supported()) {
     setFieldError("audio", "This browser cannot record here: recording needs a secure page (https, or http on localhost). Choose a file instead.");
     return;
   }
-  let stream;
+  const recording = new MicrophoneRecording();
   try {
-    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    await recording.start((seconds) => {
+      ui.recordStatus.textContent = `Recording ${formatClock(seconds)}`;
+      if (seconds >= state.maxAudioS) stopRecording();
+    });
   } catch (error) {
-    const reason = {
-      NotAllowedError: "Microphone access was denied. Allow it in the browser's site settings, or choose a file.",
-      NotFoundError: "No microphone was found. Connect one, or choose a file.",
-    }[error.name];
-    setFieldError("audio", reason || `The microphone could not be opened: ${error.message || error.name}.`);
+    setFieldError("audio", error.message);
     return;
   }
-  const recorder = new MediaRecorder(stream);
-  const chunks = [];
-  const started = performance.now();
-  recorder.addEventListener("dataavailable", (event) => event.data.size && chunks.push(event.data));
-  const stopped = new Promise((resolve) => recorder.addEventListener("stop", resolve, { once: true }));
-  const timer = setInterval(() => {
-    const seconds = (performance.now() - started) / 1000;
-    ui.recordStatus.textContent = `Recording ${formatClock(seconds)}`;
-    if (seconds >= state.maxAudioS) stopRecording();
-  }, 250);
-  state.recorder = { recorder, stream, chunks, stopped, timer };
-  recorder.start(1000);
+  state.recorder = recording;
   ui.recordButton.textContent = "Stop recording";
   ui.recordButton.classList.add("recording");
   ui.recordStatus.textContent = "Recording 0:00";
 }
 
 async function stopRecording() {
-  const current = state.recorder;
-  if (!current) return;
+  const recording = state.recorder;
+  if (!recording) return;
   state.recorder = null;
-  clearInterval(current.timer);
-  current.recorder.stop();
-  await current.stopped;
-  for (const track of current.stream.getTracks()) track.stop();
   ui.recordButton.textContent = "Record from microphone";
   ui.recordButton.classList.remove("recording");
   ui.recordStatus.textContent = "Converting the recording…";
   try {
-    const recording = new Blob(current.chunks, { type: current.recorder.mimeType });
-    const { samples, rate } = await decodeToMono(recording);
-    if (!samples.length) throw new Error("the recording is empty");
-    const file = new File([encodeWav(samples, rate)], "recording.wav", { type: "audio/wav" });
+    const { file, seconds } = await recording.stop();
     setFile("audio", file, "recorded");
-    ui.recordStatus.textContent = `Recorded ${formatClock(samples.length / rate)}`;
+    ui.recordStatus.textContent = `Recorded ${formatClock(seconds)}`;
   } catch (error) {
     ui.recordStatus.textContent = "";
     setFieldError("audio", `The recording could not be used (${error.message || error.name}). Try again, or choose a file.`);

@@ -38,11 +38,22 @@ def running_service(apps: dict[str, AppArgs] | None = None, dashboard: bool = Fa
     ray.init(num_cpus=4, include_dashboard=dashboard, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
+        urls = {name: f"http://127.0.0.1:{port}/{name}" for name in apps}
         for name, args in apps.items():
             serve.run(build_app(args), name=name, route_prefix=f"/{name}")
-        yield {name: f"http://127.0.0.1:{port}/{name}" for name in apps}
+            _wait_until_loaded(urls[name])
+        yield urls
     finally:
         ray.shutdown()
+
+
+def _wait_until_loaded(url: str, timeout_s: float = 300) -> None:
+    """Replicas report ready before their backend has loaded; /health answers 200 once it has."""
+    deadline = time.monotonic() + timeout_s
+    while (health := httpx.get(f"{url}/health", timeout=30)).status_code != 200:
+        if health.json().get("status") != "loading" or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not load: {health.text}")
+        time.sleep(0.2)
 
 
 def speech_request(seconds: float, seed: int = 0, image: bool = True) -> dict[str, Any]:

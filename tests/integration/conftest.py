@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,25 @@ class Service:
         return serve.get_deployment_handle("AvatarGenerator", app_name=self.app_name)
 
 
+def wait_until_loaded(url: str, timeout_s: float = 180) -> httpx.Response:
+    """Serve marks an app ready once its replicas are up; the backend loads after that. Poll /health until it stops loading."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=30) as http:
+        while (health := http.get(f"{url}/health")).json().get("status") == "loading":
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} still loading after {timeout_s} s: {health.text}")
+            time.sleep(0.1)
+    return health
+
+
+def run_app(app, base_url: str, name: str, route_prefix: str) -> Service:
+    """Deploy `app` and wait until its backend has loaded."""
+    serve.run(app, name=name, route_prefix=route_prefix)
+    url = base_url + route_prefix.rstrip("/")
+    wait_until_loaded(url)
+    return Service(url, name)
+
+
 @pytest.fixture(scope="session")
 def base_url() -> Iterator[str]:
     ray.init(num_cpus=10, include_dashboard=False, log_to_driver=False)  # logical CPUs: one per generator replica
@@ -53,8 +73,7 @@ def base_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def service(base_url: str) -> Service:
-    serve.run(build_app(AppArgs.from_serve_config()), name="avatar", route_prefix="/")
-    return Service(base_url, "avatar")
+    return run_app(build_app(AppArgs.from_serve_config()), base_url, "avatar", "/")
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +83,7 @@ def paced(base_url: str) -> Service:
         limits=RequestLimits(max_body_bytes=1 << 20),
         generator={"num_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 1, "ray_actor_options": {"num_cpus": 1}},
     )
-    serve.run(build_app(args), name="paced", route_prefix="/paced")
-    return Service(f"{base_url}/paced", "paced")
+    return run_app(build_app(args), base_url, "paced", "/paced")
 
 
 @pytest.fixture(scope="session")
@@ -75,8 +93,7 @@ def failing(base_url: str) -> Service:
     generator = AvatarGenerator.options(name="AvatarGenerator", ray_actor_options={"num_cpus": 1}).bind(
         config, args.encoding, backend_cls=FailingPreviewBackend
     )
-    serve.run(AvatarIngress.bind(generator, config, args.limits, args.stream), name="failing", route_prefix="/failing")
-    return Service(f"{base_url}/failing", "failing")
+    return run_app(AvatarIngress.bind(generator, config, args.limits, args.stream), base_url, "failing", "/failing")
 
 
 @pytest.fixture(scope="session")
@@ -95,8 +112,7 @@ def omniavatar_app_args(model_dir: Path, **overrides) -> AppArgs:
 
 @pytest.fixture(scope="session")
 def tiny(base_url: str, tiny_model_dir: Path) -> Service:
-    serve.run(build_app(omniavatar_app_args(tiny_model_dir)), name="tiny", route_prefix="/tiny")
-    return Service(f"{base_url}/tiny", "tiny")
+    return run_app(build_app(omniavatar_app_args(tiny_model_dir)), base_url, "tiny", "/tiny")
 
 
 @pytest.fixture

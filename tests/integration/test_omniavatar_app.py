@@ -22,7 +22,7 @@ from ray import serve
 from deployments.app import build_app
 from model.config import PROJECT_ROOT
 from tests.helpers import EXAMPLE_IMAGE, audio_file, b64, speech_like
-from tests.integration.conftest import Service, omniavatar_app_args
+from tests.integration.conftest import Service, omniavatar_app_args, wait_until_loaded
 from tests.integration.streams import decode_frames, segment_bytes, sse_events, stream_both_ways, stream_types
 from tests.integration.test_cancel_and_overload import wait_for_status
 
@@ -111,9 +111,7 @@ def test_a_replica_that_cannot_load_says_why(base_url: str, tiny_model_dir: Path
     serve.run(build_app(omniavatar_app_args(broken)), name=app, route_prefix=f"/{app}")
     url = f"{base_url}/{app}"
     try:
-        deadline = time.monotonic() + 120
-        while (health := client.get(f"{url}/health")).json().get("state") == "loading" and time.monotonic() < deadline:
-            time.sleep(0.2)
+        health = wait_until_loaded(url)
         body = health.json()
         assert health.status_code == 503 and body["status"] == "unhealthy" and body["model_loaded"] is False, body
         assert named in body["error"], f"/health should name {named}: {body['error']}"

@@ -118,13 +118,16 @@ def test_plays_while_streaming_then_downloads_the_whole_video(page: Page, servic
     clicked = time.monotonic()
 
     # Playback has started and advanced while segments are still arriving: read in one evaluation, so the
-    # time and the count are of the same moment.
+    # time, the count and the controls are of the same moment.
     during = page.wait_for_function(
         """() => {
             const video = document.querySelector('#player');
             const received = document.querySelector('#segment-progress');
             if (video.currentTime > 0.3 && received.value < received.max) {
-                return {currentTime: video.currentTime, received: received.value, total: received.max, paused: video.paused};
+                return {currentTime: video.currentTime, received: received.value, total: received.max, paused: video.paused,
+                        firstSegment: document.querySelector('#fact-first-segment').textContent,
+                        stopEnabled: !document.querySelector('#stop-button').disabled,
+                        downloadEnabled: !document.querySelector('#download-button').disabled};
             }
             return null;
         }""",
@@ -132,10 +135,9 @@ def test_plays_while_streaming_then_downloads_the_whole_video(page: Page, servic
     ).json_value()
     assert during["total"] >= 2 and 1 <= during["received"] < during["total"], during
     assert not during["paused"]
+    assert re.fullmatch(r"\d+\.\d+ s", during["firstSegment"].strip()), during
+    assert during["stopEnabled"] and not during["downloadEnabled"], during
     page.screenshot(path=artifact("first-segment.png"), full_page=True)
-    first_segment_text = page.inner_text("#fact-first-segment")
-    assert re.fullmatch(r"\d+\.\d+ s", first_segment_text), first_segment_text
-    assert page.is_enabled("#stop-button") and page.is_disabled("#download-button")
 
     expect(page.locator("#status")).to_contain_text("Done", timeout=60_000)
     elapsed = time.monotonic() - clicked
@@ -178,7 +180,7 @@ def test_plays_while_streaming_then_downloads_the_whole_video(page: Page, servic
     # Chromium decoded every audio packet of every segment: none was dropped at a boundary. (It counts the
     # bytes as it hands them to its decoder, with a 7-byte ADTS header added to each AAC packet.)
     assert played["audioBytes"] in (sum(audio_sizes), sum(audio_sizes) + 7 * len(audio_sizes)), (played, sum(audio_sizes))
-    print(f"\nstream of {total} segments, {num_frames} frames: done {elapsed:.1f} s after the click; first segment {first_segment_text}")
+    print(f"\nstream of {total} segments, {num_frames} frames: done {elapsed:.1f} s after the click; first segment {during['firstSegment']}")
 
     # The same request to /generate gives the same video: the page joined the segments losslessly.
     response = httpx.post(service.url + "/generate", json=example_body(num_steps=10, seed=1234), timeout=120)

@@ -146,7 +146,6 @@ class AvatarGenerator:
                 yield event
         except asyncio.CancelledError:
             record.cancel_requested = True
-            pipeline.cancel()
             self._metrics.cancelled.inc()
             logger.info("request %s cancelled by the client after %d segments", job.request_id, record.segments)
             raise
@@ -158,9 +157,9 @@ class AvatarGenerator:
             pipeline.cancel()  # a no-op after completion; stops the threads on any other exit
 
     def _ready_backend(self) -> AvatarBackend:
-        state = self._state
         if self._backend is not None:
             return self._backend
+        state = self._state
         if state == "loading":
             waited = time.monotonic() - self._load_started
             raise NotReadyError(f"the {self._config.backend} backend is still loading ({waited:.0f} s so far); retry shortly")

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 
+from deployments.errors import ServiceError, error_response
 from deployments.framing import NdjsonFraming, SseFraming
 from deployments.serving import AvatarService, StreamOptions
 from model.config import ModelConfig
@@ -32,14 +33,14 @@ app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 @app.exception_handler(HTTPException)
 async def _http_error(_: Request, error: HTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-    return JSONResponse({"success": False, "error": {"code": code, "message": str(error.detail), "field": None}}, error.status_code)
+    return error_response(ServiceError(error.status_code, code, str(error.detail)))
 
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
     first = error.errors()[0] if error.errors() else {"msg": "invalid request", "loc": ()}
     field = ".".join(str(part) for part in first.get("loc", ())) or None
-    return JSONResponse({"success": False, "error": {"code": "invalid_request", "message": first["msg"], "field": field}}, 422)
+    return error_response(ServiceError(422, "invalid_request", first["msg"], field))
 
 
 @serve.deployment(name="AvatarIngress", ray_actor_options={"num_cpus": 0})

@@ -74,10 +74,6 @@ class SegmentPipeline:
     def cancel(self) -> None:
         self.cancel_token.cancel()
 
-    @property
-    def finished(self) -> bool:
-        return not any(t.is_alive() for t in self._threads)
-
     # -- threads --------------------------------------------------------------------------------------------
 
     def _post(self, item: object) -> None:

@@ -184,19 +184,15 @@ class AvatarService:
             self.metrics.requests.inc(tags={"route": route, "outcome": outcome})
 
     def _start_payload(self, started: Started) -> dict[str, Any]:
-        plan, request = started.plan, started.job.request
+        plan = started.plan
         return {
             "message": "Video generation started",
             "request_id": started.job.request_id,
-            "total_segments": plan.num_segments,
+            **self._video_fields(started),
             "fps": plan.fps,
             "width": plan.width,
             "height": plan.height,
-            "num_frames": plan.num_frames,
-            "duration_s": round(plan.duration_s, 3),
-            "lead_in_s": plan.lead_in_s,
-            "num_steps": request.num_steps,
-            "seed": request.seed,
+            "num_steps": started.job.request.num_steps,
             "backend": started.accepted.backend.get("backend"),
         }
 
@@ -215,7 +211,8 @@ class AvatarService:
         }
 
     @staticmethod
-    def _summary(started: Started) -> dict[str, Any]:
+    def _video_fields(started: Started) -> dict[str, Any]:
+        """What the start, complete and whole-video answers all say about the video."""
         plan = started.plan
         return {
             "total_segments": plan.num_segments,
@@ -223,8 +220,10 @@ class AvatarService:
             "duration_s": round(plan.duration_s, 3),
             "lead_in_s": plan.lead_in_s,
             "seed": started.job.request.seed,
-            "elapsed_s": round(time.monotonic() - started.arrived, 3),
         }
+
+    def _summary(self, started: Started) -> dict[str, Any]:
+        return self._video_fields(started) | {"elapsed_s": round(time.monotonic() - started.arrived, 3)}
 
     # -- health ----------------------------------------------------------------------------------------------
 

@@ -107,7 +107,3 @@ def backend_class(name: str) -> type[AvatarBackend]:
         raise ValueError(f"unknown backend {name!r}; the backends are {sorted(BACKENDS)}")
     module, attr = BACKENDS[name].split(":")
     return getattr(importlib.import_module(module), attr)
-
-
-def load_backend(config: ModelConfig) -> AvatarBackend:
-    return backend_class(config.backend)(config)

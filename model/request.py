@@ -131,7 +131,7 @@ def parse_request(body: bytes, limits: RequestLimits, defaults: GenerationDefaul
         num_frames=(defaults.num_frames if fields.num_frames is None else fields.num_frames) if audio is None else None,
         num_steps=defaults.num_steps if fields.num_steps is None else fields.num_steps,
         guidance_scale=defaults.guidance_scale if fields.guidance_scale is None else float(fields.guidance_scale),
-        audio_scale=_audio_scale(fields, defaults),
+        audio_scale=defaults.audio_scale if fields.audio_scale is None else float(fields.audio_scale),
         overlap_frame=defaults.overlap_frame if fields.overlap_frame is None else fields.overlap_frame,
         seed=random.randint(0, MAX_SEED) if fields.seed is None else fields.seed,
     )
@@ -155,12 +155,6 @@ def decode_base64(value: str, field: str) -> bytes:
     if not data:
         raise RequestError("invalid_base64", f"{field} is empty", field)
     return data
-
-
-def _audio_scale(fields: GenerateFields, defaults: GenerationDefaults) -> float | None:
-    if fields.audio_scale is not None:
-        return float(fields.audio_scale)
-    return defaults.audio_scale
 
 
 def _parse_json_object(body: bytes) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from model.backend import CancelToken, load_backend
+from model.backend import CancelToken, backend_class
 from model.config import load_model_config
 from model.errors import GenerationCancelled
 from model.media.image import fit_to_bucket
@@ -21,7 +21,7 @@ CONFIG = load_model_config("configs/preview.yaml")
 
 
 def run(request, plan, cancel=None, on_step=None):
-    backend = load_backend(CONFIG)
+    backend = backend_class(CONFIG.backend)(CONFIG)
     steps = []
     frames = [s.frames for s in backend.generate(request, plan, cancel or CancelToken(), on_step or (lambda *a: steps.append(a)))]
     return frames, steps

@@ -16,11 +16,12 @@ from starlette.staticfiles import StaticFiles
 from deployments.errors import ServiceError, error_response
 from deployments.framing import NdjsonFraming, SseFraming
 from deployments.serving import AvatarService, StreamOptions
-from model.config import ModelConfig
-from model.request import GenerateFields, RequestLimits
+from model.config import GenerationDefaults, ModelConfig
+from model.request import RequestLimits, request_schema
 
 STATIC_DIR = Path(__file__).with_name("static")
-GENERATE_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": GenerateFields.model_json_schema()}}}}
+BODY_SCHEMA = request_schema(RequestLimits(), GenerationDefaults())  # made this deployment's limits and defaults in __init__
+GENERATE_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": BODY_SCHEMA}}}}
 
 app = FastAPI(
     title="OmniAvatar streaming service",
@@ -48,6 +49,8 @@ async def _validation_error(_: Request, error: RequestValidationError) -> JSONRe
 class AvatarIngress:
     def __init__(self, generator: DeploymentHandle, config: ModelConfig, limits: RequestLimits, options: StreamOptions) -> None:
         self.service = AvatarService(generator, config, limits, options)
+        BODY_SCHEMA.clear()  # FastAPI builds /openapi.json on its first call, from this same dict
+        BODY_SCHEMA.update(request_schema(limits, config.generation, config.planning.fps))
 
     @app.get("/", include_in_schema=False)
     async def page(self) -> Response:

@@ -21,6 +21,7 @@ class GenerationDefaults:
     overlap_frame: int = 13
     num_frames: int = 81  # only for requests without audio
     negative_prompt: str = ""
+    tea_cache_threshold: float = 0.0  # 0: TeaCache off
 
 
 @dataclass(frozen=True)

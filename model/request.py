@@ -1,18 +1,24 @@
-"""The generate request: the JSON fields of protocol.md, their limits, and parse_request() that turns a
-body into a validated, decoded, frozen GenerateRequest or raises a RequestError naming the field."""
+"""The generate request: its JSON fields declared once, in request_model(), with a deployment's limits and
+model defaults filled in (the same model validates bodies and is the OpenAPI schema), and parse_request()
+that turns a body into a validated, decoded, frozen GenerateRequest or raises a RequestError naming the field.
+
+Every accepted body has a bounded cost: the body size, the count of JSON values, the nesting and the digits
+of an integer are limited before any field is looked at, and the media decoders bound theirs.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import random
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model, field_validator
 
 from model.config import GenerationDefaults
 from model.errors import RequestError
@@ -20,8 +26,10 @@ from model.media.audio import DecodedAudio, decode_audio
 from model.media.image import decode_image
 
 MAX_SEED = 2**32 - 1
+MAX_INTEGER_DIGITS = 20  # the longest integer a field takes, a seed, has 10 digits
 DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
 JSON_CONTENT_TYPES = ("application/json",)
+MEDIA_FIELDS = ("image_base64", "audio_base64")
 
 
 @dataclass(frozen=True)
@@ -30,42 +38,98 @@ class RequestLimits:
 
     max_body_bytes: int = 64 * 1024 * 1024
     max_audio_s: float = 600.0
+    max_audio_sample_rate: int = 96000
+    max_audio_channels: int = 8
     max_image_side: int = 4096
     max_prompt_chars: int = 2000
+    max_tea_cache_threshold: float = 1.0
 
 
-class GenerateFields(BaseModel):
-    """The JSON body of /generate, /generate-stream and /generate-stream-chunked (protocol.md)."""
+class OversizedInteger:
+    """Stands in for a JSON integer with more than MAX_INTEGER_DIGITS digits, so that validation refuses it
+    by field instead of Python converting thousands of digits."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    def __init__(self, digits: str) -> None:
+        self.digits = len(digits.lstrip("-"))
 
-    prompt: str = Field(description="What the video shows; 1 to 2000 characters after trimming")
-    negative_prompt: str | None = Field(None, max_length=2000, description="Default: the model config's")
-    image_base64: str | None = Field(None, description="JPEG, PNG or WebP, base64 (a data: URL prefix is accepted)")
-    audio_base64: str | None = Field(None, description="WAV, MP3, FLAC or OGG, base64 (a data: URL prefix is accepted)")
-    height: int = Field(720, ge=128, le=1280, multiple_of=16, description="Only without an image")
-    width: int = Field(720, ge=128, le=1280, multiple_of=16, description="Only without an image")
-    num_frames: int | None = Field(None, ge=1, description="Only without audio: the video length in frames")
-    num_steps: int | None = Field(None, ge=1, le=100)
-    guidance_scale: float | None = Field(None, ge=1, le=20)
-    audio_scale: float | None = Field(None, ge=1, le=20, description="Default: guidance_scale")
-    overlap_frame: int | None = Field(None, ge=1, description="1 + 4n, smaller than a segment")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Default: random")
 
-    @field_validator("prompt")
+class _FieldRules(BaseModel):
+    """Rules across fields' values that a Field constraint cannot say."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @field_validator("overlap_frame", check_fields=False)
     @classmethod
-    def _prompt_not_blank(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("must not be empty or only whitespace")
-        return value
-
-    @field_validator("overlap_frame")
-    @classmethod
-    def _overlap_form(cls, value: int | None) -> int | None:
-        if value is not None and value % 4 != 1:
+    def _overlap_form(cls, value: int) -> int:
+        if value % 4 != 1:
             raise ValueError("must be of the form 1 + 4n (1, 5, 9, 13, ...)")
         return value
+
+
+@functools.lru_cache(maxsize=16)
+def request_model(limits: RequestLimits, defaults: GenerationDefaults, fps: int = 25) -> type[BaseModel]:
+    """The JSON body of /generate, /generate-stream and /generate-stream-chunked: each field's type, rule,
+    default and documentation, with `limits` and the model config's `defaults` filled in."""
+    prompt_chars = limits.max_prompt_chars
+    max_frames = int(limits.max_audio_s * fps) + 1
+    return create_model(
+        "GenerateFields",
+        __base__=_FieldRules,
+        __doc__="The JSON body of the three generate endpoints.",
+        prompt=(
+            Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=prompt_chars)],
+            Field(description=f"What the video shows; 1 to {prompt_chars} characters after trimming"),
+        ),
+        negative_prompt=(
+            Annotated[str, StringConstraints(max_length=prompt_chars)],
+            Field(defaults.negative_prompt, description=f"What the video should avoid; up to {prompt_chars} characters"),
+        ),
+        image_base64=(
+            str | None,
+            Field(
+                None,
+                description=f"The reference face: JPEG, PNG or WebP, base64 (a data: URL prefix is accepted), up to"
+                f" {limits.max_image_side} px a side. It sets the frame size (the closest aspect-ratio bucket)",
+            ),
+        ),
+        audio_base64=(
+            str | None,
+            Field(
+                None,
+                description=f"The speech: WAV, MP3, FLAC or OGG, base64 (a data: URL prefix is accepted), up to"
+                f" {limits.max_audio_s:g} s, {limits.max_audio_sample_rate} Hz and {limits.max_audio_channels} channels."
+                " It sets the video length",
+            ),
+        ),
+        height=(int, Field(720, ge=128, le=1280, multiple_of=16, description="Frame height; only without an image")),
+        width=(int, Field(720, ge=128, le=1280, multiple_of=16, description="Frame width; only without an image")),
+        num_frames=(int, Field(defaults.num_frames, ge=1, le=max_frames, description="Only without audio: the video length in frames")),
+        num_steps=(int, Field(defaults.num_steps, ge=1, le=100, description="Denoising steps per segment")),
+        guidance_scale=(float, Field(defaults.guidance_scale, ge=1, le=20, description="Classifier-free guidance scale")),
+        audio_scale=(
+            float | None,
+            Field(defaults.audio_scale, ge=1, le=20, description="Audio guidance scale; null: the same as guidance_scale"),
+        ),
+        overlap_frame=(
+            int,
+            Field(defaults.overlap_frame, ge=1, description="Frames each segment re-renders from the previous one: 1 + 4n, smaller than a segment"),
+        ),
+        seed=(int | None, Field(None, ge=0, le=MAX_SEED, description="The same seed and inputs give the same video; null: random")),
+        tea_cache_threshold=(
+            float,
+            Field(
+                defaults.tea_cache_threshold,
+                ge=0,
+                le=limits.max_tea_cache_threshold,
+                description="TeaCache: skip a step's blocks while the accumulated change stays under it; 0: off",
+            ),
+        ),
+    )
+
+
+def request_schema(limits: RequestLimits, defaults: GenerationDefaults, fps: int = 25) -> dict[str, Any]:
+    """The OpenAPI (JSON Schema) of the request body."""
+    return request_model(limits, defaults, fps).model_json_schema()
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,6 +148,7 @@ class GenerateRequest:
     audio_scale: float | None
     overlap_frame: int
     seed: int
+    tea_cache_threshold: float = 0.0  # 0: off
 
 
 def check_content_type(content_type: str | None) -> None:
@@ -101,39 +166,34 @@ def parse_request(body: bytes, limits: RequestLimits, defaults: GenerationDefaul
     """Validate a JSON body and decode its media. Raises RequestError (400/413/422) naming the bad field."""
     if len(body) > limits.max_body_bytes:
         raise body_too_large(len(body), limits)
-    fields = _validate_fields(_parse_json_object(body))
-    if len(fields.prompt) > limits.max_prompt_chars:
-        raise RequestError(
-            "invalid_field", f"prompt has {len(fields.prompt)} characters; the limit is {limits.max_prompt_chars}", "prompt"
-        )
-    if fields.audio_base64 is not None and fields.num_frames is not None:
+    _check_json_size(body, limits)
+    model = request_model(limits, defaults, fps)
+    fields = _validate_fields(model, _parse_json_object(body))
+    if fields.audio_base64 is not None and "num_frames" in fields.model_fields_set:
         raise RequestError(
             "invalid_field", "num_frames applies only without audio: the audio sets the video length", "num_frames"
-        )
-    max_frames = int(limits.max_audio_s * fps) + 1
-    if fields.num_frames is not None and fields.num_frames > max_frames:
-        raise RequestError(
-            "invalid_field", f"num_frames is {fields.num_frames}; the limit is {max_frames} ({limits.max_audio_s:.0f} s)", "num_frames"
         )
     image = None
     if fields.image_base64 is not None:
         image = decode_image(decode_base64(fields.image_base64, "image_base64"), limits.max_image_side)
     audio = None
     if fields.audio_base64 is not None:
-        audio = decode_audio(decode_base64(fields.audio_base64, "audio_base64"), limits.max_audio_s, fps)
+        audio = decode_audio(
+            decode_base64(fields.audio_base64, "audio_base64"),
+            limits.max_audio_s,
+            fps,
+            max_sample_rate=limits.max_audio_sample_rate,
+            max_channels=limits.max_audio_channels,
+        )
+    values = fields.model_dump(exclude=set(MEDIA_FIELDS))
     return GenerateRequest(
-        prompt=fields.prompt,
-        negative_prompt=defaults.negative_prompt if fields.negative_prompt is None else fields.negative_prompt,
-        image=image,
-        audio=audio,
-        height=fields.height,
-        width=fields.width,
-        num_frames=(defaults.num_frames if fields.num_frames is None else fields.num_frames) if audio is None else None,
-        num_steps=defaults.num_steps if fields.num_steps is None else fields.num_steps,
-        guidance_scale=defaults.guidance_scale if fields.guidance_scale is None else float(fields.guidance_scale),
-        audio_scale=defaults.audio_scale if fields.audio_scale is None else float(fields.audio_scale),
-        overlap_frame=defaults.overlap_frame if fields.overlap_frame is None else fields.overlap_frame,
-        seed=random.randint(0, MAX_SEED) if fields.seed is None else fields.seed,
+        **values
+        | {
+            "image": image,
+            "audio": audio,
+            "num_frames": None if audio is not None else values["num_frames"],
+            "seed": random.randint(0, MAX_SEED) if values["seed"] is None else values["seed"],
+        }
     )
 
 
@@ -157,11 +217,29 @@ def decode_base64(value: str, field: str) -> bytes:
     return data
 
 
+def _check_json_size(body: bytes, limits: RequestLimits) -> None:
+    """400 for a body with more arrays, objects or values than any request has.
+
+    A request is one flat object of about a dozen fields; commas and brackets can appear in it only between
+    fields and inside the two prompts. Counting them (at C speed) bounds what parsing may build.
+    """
+    structural = body.count(b",") + body.count(b"[") + body.count(b"{")
+    allowed = 2 * limits.max_prompt_chars + 64
+    if structural > allowed:
+        raise RequestError(
+            "invalid_json",
+            f"the body holds {structural} JSON separators and brackets; a request (one flat object) has at most {allowed}",
+            status=400,
+        )
+
+
 def _parse_json_object(body: bytes) -> dict[str, Any]:
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_int=_bounded_int, parse_constant=_refuse_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError("invalid_json", f"the body is not valid JSON ({exc})", status=400)
+    except RecursionError:
+        raise RequestError("invalid_json", "the body nests JSON arrays or objects too deeply; a request is one flat object", status=400)
     if not isinstance(data, dict):
         raise RequestError(
             "invalid_json", f"the body must be a JSON object with a prompt, not a JSON {type(data).__name__}", status=400
@@ -169,23 +247,34 @@ def _parse_json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
-def _validate_fields(data: dict[str, Any]) -> GenerateFields:
+def _bounded_int(digits: str) -> int | OversizedInteger:
+    return int(digits) if len(digits) <= MAX_INTEGER_DIGITS + 1 else OversizedInteger(digits)
+
+
+def _refuse_constant(name: str) -> float:
+    raise RequestError("invalid_json", f"the body is not valid JSON: {name} is not a JSON number", status=400)
+
+
+def _validate_fields(model: type[BaseModel], data: dict[str, Any]) -> Any:
     try:
-        return GenerateFields.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise _field_error(exc.errors(include_url=False)[0], len(exc.errors()))
+        raise _field_error(model, exc.errors(include_url=False)[0], len(exc.errors()))
 
 
-def _field_error(error: dict[str, Any], count: int) -> RequestError:
+def _field_error(model: type[BaseModel], error: dict[str, Any], count: int) -> RequestError:
     field = ".".join(str(part) for part in error["loc"]) or None
     more = f" (and {count - 1} more problem{'s' if count > 2 else ''})" if count > 1 else ""
     if error["type"] == "extra_forbidden":
-        allowed = ", ".join(GenerateFields.model_fields)
+        allowed = ", ".join(model.model_fields)
         return RequestError("unknown_field", f"unknown field '{field}'; the fields are: {allowed}{more}", field)
     if error["type"] == "missing":
         return RequestError("missing_field", f"'{field}' is required{more}", field)
     got = error.get("input")
-    shown = repr(got) if not isinstance(got, str) or len(got) <= 40 else repr(got[:40] + "...")
+    if isinstance(got, OversizedInteger):
+        return RequestError("invalid_field", f"{field}: a {got.digits}-digit integer is out of range{more}", field)
+    shown = repr(got[:40] + "..." if isinstance(got, str) and len(got) > 40 else got)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
     message = error["msg"][0].lower() + error["msg"][1:]
     message = message.removeprefix("value error, ")
     return RequestError("invalid_field", f"{field}: {message} (got {shown}){more}", field)

@@ -2,6 +2,9 @@
 
 The model input reproduces upstream's `librosa.load(path, sr=16000)` exactly: libsndfile decoding to float32,
 mono as the mean of the channels, then soxr's HQ resampler with the length fixed to ceil(n * 16000 / sr).
+Decoding is streamed in blocks, each block downmixed and fed to soxr's streaming resampler (whose output is
+the same as a one-shot resample), so memory follows the output tracks, not the input's rate and channels.
+Float samples outside [-1, 1] are clipped to it (integer formats never leave it).
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ import soxr
 from model.errors import RequestError
 
 MODEL_SAMPLE_RATE = 16000
+MIN_SAMPLE_RATE = 8000
 SUPPORTED_FORMATS = {"WAV": "WAV", "WAVEX": "WAV", "RF64": "WAV", "MP3": "MP3", "FLAC": "FLAC", "OGG": "OGG"}
+AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)  # up to the playback maximum
 PLAYBACK_MAX_RATE = 48000
+BLOCK_FRAMES = 1 << 16  # input frames decoded at a time
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,35 +41,102 @@ class DecodedAudio:
         return len(self.samples) / MODEL_SAMPLE_RATE
 
 
-def decode_audio(data: bytes, max_duration_s: float, fps: int = 25, field: str = "audio_base64") -> DecodedAudio:
-    """Decode an audio file; raises RequestError (422) naming `field` if it is not usable speech."""
-    try:
-        info = soundfile.info(io.BytesIO(data))
-    except Exception as exc:  # libsndfile says only "format not recognised" or similar
-        raise RequestError("invalid_audio", f"{field} is not a WAV, MP3, FLAC or OGG file ({_reason(exc)})", field)
-    kind = SUPPORTED_FORMATS.get(info.format)
-    if kind is None:
-        raise RequestError("invalid_audio", f"{field} is {info.format} audio; send WAV, MP3, FLAC or OGG", field)
-    if info.duration > max_duration_s + 1.0:  # the header's estimate; checked exactly after decoding
+def decode_audio(
+    data: bytes,
+    max_duration_s: float,
+    fps: int = 25,
+    field: str = "audio_base64",
+    max_sample_rate: int = 192000,
+    max_channels: int = 8,
+) -> DecodedAudio:
+    """Decode an audio file with bounded memory.
+
+    Raises RequestError (422) naming `field`: `invalid_audio` (not decodable, empty, NaN or infinite
+    samples, a rate under 8 kHz), `audio_too_long`, `audio_sample_rate` or `audio_channels` (over the limits,
+    decided from the header before decoding).
+    """
+    info = _probe(data, field)
+    rate, channels = info.samplerate, info.channels
+    if rate < MIN_SAMPLE_RATE:
+        raise RequestError("invalid_audio", f"{field} has a sample rate of {rate} Hz; speech needs {MIN_SAMPLE_RATE} Hz or more", field)
+    if rate > max_sample_rate:
+        raise RequestError(
+            "audio_sample_rate", f"{field} has a sample rate of {rate} Hz; the limit is {max_sample_rate} Hz. Resample it", field
+        )
+    if channels > max_channels:
+        raise RequestError("audio_channels", f"{field} has {channels} channels; the limit is {max_channels}. Mix it down", field)
+    if info.duration > max_duration_s + 1.0:  # the header's estimate; checked exactly while decoding
         raise _too_long(info.duration, max_duration_s, field)
-    if kind == "WAV":
+    if SUPPORTED_FORMATS[info.format] == "WAV":
         _check_riff_complete(data, field)
+    expected = min(max(info.frames, 0), int(max_duration_s * rate) + 1)  # exact for WAV/FLAC/OGG, an estimate for MP3
+    model_track = _StreamingResampler(rate, MODEL_SAMPLE_RATE, 1, expected)
+    playback_rate = _playback_rate(rate, fps)
+    playback_track = _StreamingResampler(rate, playback_rate, channels if channels <= 2 else 1, expected)  # > 2: mono
+    frames = 0
     try:
-        pcm, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (n, channels)
+        with soundfile.SoundFile(io.BytesIO(data)) as file:
+            # read() until it returns nothing, as soundfile.read() does (blocks() pads to the header's length)
+            while len(block := file.read(BLOCK_FRAMES, dtype="float32", always_2d=True)):  # (n, channels)
+                frames += len(block)
+                if frames > max_duration_s * rate:
+                    raise _too_long(frames / rate, max_duration_s, field)
+                if not np.isfinite(block).all():
+                    raise RequestError("invalid_audio", f"{field} decodes to NaN or infinite samples", field)
+                channels_first = np.clip(np.ascontiguousarray(block.T), -1, 1)  # (channels, n)
+                mono = channels_first.mean(axis=0) if channels > 1 else channels_first[0]
+                model_track.feed(mono[:, None])
+                playback_track.feed(channels_first.T if channels <= 2 else mono[:, None])
+    except RequestError:
+        raise
     except Exception as exc:
         raise RequestError("invalid_audio", f"{field} could not be decoded ({_reason(exc)}); is it truncated?", field)
-    if pcm.shape[0] == 0:
+    if frames == 0:
         raise RequestError("invalid_audio", f"{field} holds no audio samples; is the file truncated?", field)
-    if not np.isfinite(pcm).all():
-        raise RequestError("invalid_audio", f"{field} decodes to NaN or infinite samples", field)
-    if pcm.shape[0] / rate > max_duration_s:
-        raise _too_long(pcm.shape[0] / rate, max_duration_s, field)
-    channels_first = np.ascontiguousarray(pcm.T)  # (channels, n)
     return DecodedAudio(
-        samples=to_model_input(channels_first, rate),
-        playback=_playback_track(channels_first, rate, fps),
-        playback_rate=_playback_rate(rate, fps),
+        samples=model_track.finish(frames)[0],
+        playback=playback_track.finish(frames),
+        playback_rate=playback_rate,
     )
+
+
+class _StreamingResampler:
+    """soxr HQ resampling of (n, channels) float32 blocks into one preallocated (channels, m) track whose
+    length is fixed to librosa's ceil(n * target / rate) at the end."""
+
+    def __init__(self, rate: int, target_rate: int, channels: int, expected_frames: int) -> None:
+        self.rate, self.target_rate = rate, target_rate
+        self._stream = None if rate == target_rate else soxr.ResampleStream(rate, target_rate, channels, dtype="float32", quality="HQ")
+        self._track = np.zeros((channels, self._length(expected_frames)), np.float32)
+        self._filled = 0
+
+    def feed(self, block: np.ndarray, last: bool = False) -> None:
+        out = block if self._stream is None else self._stream.resample_chunk(np.ascontiguousarray(block), last=last)
+        self._write(out)
+
+    def finish(self, frames: int) -> np.ndarray:
+        if self._stream is not None:
+            self.feed(np.zeros((0, self._track.shape[0]), np.float32), last=True)
+        length = self._length(frames)
+        if self._track.shape[1] < length:
+            self._grow(length)
+        self._track[:, self._filled :] = 0  # librosa pads a short resample with zeros
+        return self._track if self._track.shape[1] == length else np.ascontiguousarray(self._track[:, :length])
+
+    def _write(self, out: np.ndarray) -> None:  # (k, channels)
+        end = self._filled + len(out)
+        if end > self._track.shape[1]:
+            self._grow(max(end, int(self._track.shape[1] * 1.5)))
+        self._track[:, self._filled : end] = out.T
+        self._filled = end
+
+    def _grow(self, length: int) -> None:
+        grown = np.zeros((self._track.shape[0], length), np.float32)
+        grown[:, : self._filled] = self._track[:, : self._filled]
+        self._track = grown
+
+    def _length(self, frames: int) -> int:
+        return math.ceil(frames * (self.target_rate / self.rate))  # librosa's float expression, rounding included
 
 
 def to_model_input(pcm: np.ndarray, rate: int) -> np.ndarray:
@@ -90,13 +163,21 @@ def with_lead_in(samples: np.ndarray, lead_in_s: float, sample_rate: int) -> np.
 
 
 def _playback_rate(rate: int, fps: int) -> int:
-    """Keep the source rate when a video frame holds a whole number of samples at it, else 48 kHz."""
-    return rate if rate <= PLAYBACK_MAX_RATE and rate % fps == 0 else PLAYBACK_MAX_RATE
+    """Keep the source rate when AAC takes it and a video frame holds a whole number of samples, else 48 kHz."""
+    return rate if rate in AAC_RATES and rate % fps == 0 else PLAYBACK_MAX_RATE
 
 
-def _playback_track(pcm: np.ndarray, rate: int, fps: int) -> np.ndarray:
-    track = pcm if pcm.shape[0] <= 2 else pcm.mean(axis=0, keepdims=True)
-    return resample(track, rate, _playback_rate(rate, fps))
+def _probe(data: bytes, field: str) -> soundfile._SoundFileInfo:
+    """The header: format, rate, channels, length; a RequestError unless it is WAV, MP3, FLAC or OGG."""
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except Exception as exc:  # libsndfile says only "format not recognised" or similar
+        raise RequestError("invalid_audio", f"{field} is not a WAV, MP3, FLAC or OGG file ({_reason(exc)})", field)
+    if info.format not in SUPPORTED_FORMATS:
+        raise RequestError("invalid_audio", f"{field} is {info.format} audio; send WAV, MP3, FLAC or OGG", field)
+    if info.samplerate <= 0 or info.channels <= 0:
+        raise RequestError("invalid_audio", f"{field} declares {info.samplerate} Hz and {info.channels} channels", field)
+    return info
 
 
 def _check_riff_complete(data: bytes, field: str) -> None:

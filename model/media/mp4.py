@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import av
 import numpy as np
 
-from model.media.audio import DecodedAudio, with_lead_in
+from model.media.audio import DecodedAudio
 
 if TYPE_CHECKING:
     from model.plan import SegmentPlan, SegmentSpec
@@ -42,19 +42,18 @@ class EncodingOptions:
 
 
 def output_audio_track(audio: DecodedAudio | None, plan: SegmentPlan) -> tuple[np.ndarray, int]:
-    """The audio of the output video, (channels, n) float32, and its rate.
+    """The audio of the output video, (channels, n) float32, and its rate, built in one allocation.
 
     Silence for the reference frame and the lead-in, the speech, then silence to the last frame's end
-    (spec §12: frame g is shown at g / fps and is driven by the audio at that time).
+    (frame g is shown at g / fps and is driven by the audio at that time).
     """
-    if audio is None:
-        rate, track = SILENT_TRACK_RATE, np.zeros((1, 0), np.float32)
-    else:
-        rate, track = audio.playback_rate, with_lead_in(audio.playback, plan.audio_offset_s, audio.playback_rate)
-    length = plan.num_frames * rate // plan.fps
-    if track.shape[1] < length:
-        track = np.pad(track, ((0, 0), (0, length - track.shape[1])))
-    return np.ascontiguousarray(track[:, :length]), rate
+    rate = SILENT_TRACK_RATE if audio is None else audio.playback_rate
+    track = np.zeros((1 if audio is None else audio.playback.shape[0], plan.num_frames * rate // plan.fps), np.float32)
+    if audio is not None:
+        offset = round(plan.audio_offset_s * rate)  # as with_lead_in() pads
+        kept = max(0, min(audio.playback.shape[1], track.shape[1] - offset))
+        track[:, offset : offset + kept] = audio.playback[:, :kept]
+    return track, rate
 
 
 class AacStream:

@@ -4,6 +4,7 @@ The model input reproduces upstream's `librosa.load(path, sr=16000)` exactly: li
 mono as the mean of the channels, then soxr's HQ resampler with the length fixed to ceil(n * 16000 / sr).
 Decoding is streamed in blocks, each block downmixed and fed to soxr's streaming resampler (whose output is
 the same as a one-shot resample), so memory follows the output tracks, not the input's rate and channels.
+(Block decoding is bit-exact except for MPEG-2 MP3, 24 kHz and below, where libmpg123 differs in the last bit.)
 Float samples outside [-1, 1] are clipped to it (integer formats never leave it).
 """
 
@@ -23,7 +24,7 @@ from model.errors import RequestError
 MODEL_SAMPLE_RATE = 16000
 MIN_SAMPLE_RATE = 8000
 SUPPORTED_FORMATS = {"WAV": "WAV", "WAVEX": "WAV", "RF64": "WAV", "MP3": "MP3", "FLAC": "FLAC", "OGG": "OGG"}
-AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)  # up to the playback maximum
+AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)  # from MIN_SAMPLE_RATE to the playback maximum
 PLAYBACK_MAX_RATE = 48000
 BLOCK_FRAMES = 1 << 16  # input frames decoded at a time
 
@@ -137,23 +138,6 @@ class _StreamingResampler:
 
     def _length(self, frames: int) -> int:
         return math.ceil(frames * (self.target_rate / self.rate))  # librosa's float expression, rounding included
-
-
-def to_model_input(pcm: np.ndarray, rate: int) -> np.ndarray:
-    """(channels, n) float32 at `rate` -> (m,) float32 mono 16 kHz, as librosa.load(sr=16000, mono=True)."""
-    mono = pcm.mean(axis=0) if pcm.shape[0] > 1 else pcm[0]
-    return resample(mono.astype(np.float32, copy=False), rate, MODEL_SAMPLE_RATE)
-
-
-def resample(x: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
-    """soxr HQ resampling along the last axis, length fixed to librosa's ceil(n * (target / rate))."""
-    if rate == target_rate:
-        return x
-    target_len = math.ceil(x.shape[-1] * (target_rate / rate))  # librosa's float expression, rounding included
-    y = soxr.resample(x.T, rate, target_rate, quality="HQ").T.astype(np.float32, copy=False)
-    if y.shape[-1] < target_len:
-        y = np.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, target_len - y.shape[-1])])
-    return np.ascontiguousarray(y[..., :target_len])
 
 
 def with_lead_in(samples: np.ndarray, lead_in_s: float, sample_rate: int) -> np.ndarray:

@@ -8,14 +8,12 @@ import io
 import av
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 from model.config import PlanConfig
-from model.media import EncodingOptions, SegmentEncoder, concatenate_segments, fit_to_bucket, output_audio_track
-from model.media.audio import DecodedAudio, to_model_input
+from model.media import EncodingOptions, SegmentEncoder, concatenate_segments, output_audio_track
+from model.media.audio import decode_audio
 from model.plan import plan_segments
-from tests.helpers import speech_like
+from tests.helpers import audio_file, speech_like
 from tests.unit.test_plan import make_request
 
 SMALL = PlanConfig(max_tokens=60, buckets=((64, 96),))  # L = 9 frames at 64x96: several short segments
@@ -44,9 +42,7 @@ def lag_of(x: np.ndarray, reference: np.ndarray) -> int:
 @pytest.fixture(scope="module")
 def encoded():
     """A 2.3 s request split into segments of 9 frames (overlap 5), with moving test frames."""
-    rate = 44100
-    pcm = speech_like(2.3, rate=rate, channels=2).T.copy()
-    audio = DecodedAudio(samples=to_model_input(pcm, rate), playback=pcm, playback_rate=rate)
+    audio = decode_audio(audio_file(speech_like(2.3, rate=44100, channels=2), 44100), max_duration_s=60)
     request = make_request(num_samples=len(audio.samples), image_hw=(64, 96), overlap_frame=5)
     request = type(request)(**{**request.__dict__, "audio": audio})
     plan = plan_segments(request, SMALL)
@@ -114,18 +110,3 @@ def test_encoder_refuses_wrong_frames(encoded) -> None:
     plan, audio, _, _ = encoded
     with pytest.raises(ValueError, match="expected frames of shape"):
         SegmentEncoder(plan, audio, EncodingOptions()).encode(plan.segments[0], np.zeros((3, 64, 96, 3), np.uint8))
-
-
-def test_fit_to_bucket_crops_as_the_spec_says() -> None:
-    """§1.2.3: 1080x1920 -> [400, 720]: resize to 405x720, then 3 rows off the top and 2 off the bottom."""
-    image = np.random.default_rng(1).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
-    resized = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, size=(405, 720), mode="bilinear", antialias=True)
-    expected = resized[0, :, 3:403].permute(1, 2, 0).numpy()
-    np.testing.assert_allclose(fit_to_bucket(image, 400, 720), expected, atol=1e-6)
-
-
-def test_fit_to_bucket_pads_a_truncated_row_with_black() -> None:
-    """Q12: 200x312 -> [400, 720]: s = 720/312, int(312 * s) = 719, so the last column is black padding."""
-    out = fit_to_bucket(np.full((200, 312, 3), 200, np.uint8), 400, 720)
-    assert out.shape == (400, 720, 3) and out.dtype == np.float32
-    assert (out[:, -1] == 0).all() and (out[:, -2] > 0.7).all()

@@ -10,7 +10,7 @@ from PIL import Image
 
 from model.config import GenerationDefaults
 from model.errors import RequestError
-from model.request import RequestLimits, check_content_type, parse_request
+from model.request import RequestLimits, check_content_type, parse_request, request_schema
 from tests.helpers import EXAMPLE_IMAGE, EXAMPLE_SPEECH, audio_file, b64, body, image_file, speech_like
 
 LIMITS = RequestLimits()
@@ -77,6 +77,18 @@ def test_media_are_decoded() -> None:
         (body(audio_base64=b64(audio_file(speech_like(1.0), 16000, "FLAC")[:3000])), 422, "invalid_audio", "audio_base64"),
         (body(audio_base64=b64(WAV), num_frames=50), 422, "invalid_field", "num_frames"),
         (body(num_frames=15002), 422, "invalid_field", "num_frames"),
+        (b'{"prompt": "hi", "seed": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "invalid_json", None),
+        (b'{"prompt": "hi", "seed": ' + b"[" * 3000 + b"]" * 3000 + b"}", 400, "invalid_json", None),
+        (b'{"prompt": "hi", "seed": [' + b"0," * 10_000 + b"0]}", 400, "invalid_json", None),
+        (b'{"prompt": "hi", "seed": ' + b"9" * 5000 + b"}", 422, "invalid_field", "seed"),
+        (b'{"prompt": "hi", "num_steps": -' + b"9" * 5000 + b"}", 422, "invalid_field", "num_steps"),
+        (b'{"prompt": ' + b"1" * 5000 + b"}", 422, "invalid_field", "prompt"),
+        (b'{"prompt": "hi", "guidance_scale": 1e999}', 422, "invalid_field", "guidance_scale"),
+        (b'{"prompt": "hi", "guidance_scale": NaN}', 400, "invalid_json", None),
+        (b'{"prompt": "hi", "seed": -Infinity}', 400, "invalid_json", None),
+        (body(tea_cache_threshold=-0.1), 422, "invalid_field", "tea_cache_threshold"),
+        (body(tea_cache_threshold=1.5), 422, "invalid_field", "tea_cache_threshold"),
+        (body(num_steps=None), 422, "invalid_field", "num_steps"),
     ],
 )
 def test_bad_input_is_refused(raw: bytes, status: int, code: str, field: str | None) -> None:
@@ -143,3 +155,21 @@ def test_example_files_decode() -> None:
     )
     assert request.image.shape == (1104, 1472, 3)
     assert 5.8 < request.audio.duration_s < 6.2, request.audio.duration_s
+
+
+def test_huge_integers_are_named_without_being_converted() -> None:
+    message = refused(b'{"prompt": "hi", "seed": ' + b"9" * 5000 + b"}").message
+    assert "5000-digit" in message and len(message) < 200, message
+
+
+def test_limits_and_defaults_are_injected_into_one_schema() -> None:
+    limits = RequestLimits(max_prompt_chars=20, max_tea_cache_threshold=0.5)
+    properties = request_schema(limits, DEFAULTS)["properties"]
+    assert properties["prompt"]["maxLength"] == 20 and properties["negative_prompt"]["maxLength"] == 20, properties["prompt"]
+    assert properties["num_steps"]["default"] == 7 and properties["negative_prompt"]["default"] == "neg"
+    assert properties["tea_cache_threshold"]["maximum"] == 0.5 and properties["tea_cache_threshold"]["default"] == 0.0
+    assert all(p.get("description") for p in properties.values()), "every field is documented"
+    assert refused(body(negative_prompt="x" * 21), limits).field == "negative_prompt"
+    assert refused(body(tea_cache_threshold=0.6), limits).field == "tea_cache_threshold"
+    assert parse_request(body(tea_cache_threshold=0.2), limits, DEFAULTS).tea_cache_threshold == 0.2
+    assert parse_request(body(), limits, DEFAULTS).tea_cache_threshold == 0.0, "0 (off) unless the model config says otherwise"

@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 import soundfile
 from PIL import Image
+from pydantic import TypeAdapter
+
+from model.responses import ErrorResponse, NdjsonLine
 
 from tests.helpers import audio_file, b64, image_file, speech_like
 from tests.integration.conftest import Service
@@ -26,6 +29,7 @@ ANSWER_S = 10.0  # a loose bound: every case is answered in well under a second 
 JSON_TYPE = {"Content-Type": "application/json"}
 FAST = {"num_steps": 1}
 DONE = (200, "completed")  # the stream ends with its completed event
+NDJSON_LINE = TypeAdapter(NdjsonLine)
 
 
 @dataclass(frozen=True)
@@ -196,12 +200,16 @@ def test_hostile_input(service: Service, client: httpx.Client, case: Case) -> No
         answered = time.monotonic() - sent
         if case.expected == DONE:
             assert response.status_code == 200, f"{case.name}: expected a stream, got {response.status_code} {response.read()!r}"
-            names = [event.name for event in ndjson_events(response)]
+            events = list(ndjson_events(response))
+            names = [event.name for event in events]
             assert names[0] == "started" and names[-1] == "completed", f"{case.name}: expected started ... completed, got {names}"
+            for event in events:  # every line is one the OpenAPI document describes
+                NDJSON_LINE.validate_python(event.data)
         else:
             body = json.loads(response.read())
             got = (response.status_code, body.get("error", {}).get("code"))
             assert got == case.expected, f"{case.name}: expected {case.expected}, got {got}: {body}"
+            ErrorResponse.model_validate(body)
             assert len(body["error"]["message"]) < 400 and "Traceback" not in body["error"]["message"], body
     assert answered < ANSWER_S, f"{case.name}: expected an answer within {ANSWER_S} s, got {answered:.1f} s"
     health = client.get(f"{service.url}/health")

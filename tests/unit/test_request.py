@@ -11,6 +11,7 @@ from PIL import Image
 from model.config import GenerationDefaults
 from model.errors import RequestError
 from model.request import RequestLimits, check_content_type, parse_request, request_schema
+from model.responses import openapi_responses
 from tests.helpers import EXAMPLE_IMAGE, EXAMPLE_SPEECH, audio_file, b64, body, image_file, speech_like
 
 LIMITS = RequestLimits()
@@ -173,3 +174,13 @@ def test_limits_and_defaults_are_injected_into_one_schema() -> None:
     assert refused(body(tea_cache_threshold=0.6), limits).field == "tea_cache_threshold"
     assert parse_request(body(tea_cache_threshold=0.2), limits, DEFAULTS).tea_cache_threshold == 0.2
     assert parse_request(body(), limits, DEFAULTS).tea_cache_threshold == 0.0, "0 (off) unless the model config says otherwise"
+
+
+@pytest.mark.parametrize("media_type", ["text/event-stream", "application/x-ndjson", None])
+def test_response_schemas_stand_alone(media_type: str | None) -> None:
+    """The schemas sit inside an OpenAPI document: no reference may point at a `$defs` that is not there."""
+    responses = openapi_responses(media_type)
+    text = json.dumps(responses)
+    assert "$ref" not in text and "$defs" not in text, text[:300]
+    assert set(responses) == {200, 400, 413, 415, 422, 503}, sorted(responses)
+    assert "segment_base64" in text or media_type is None, "the stream's segment event is described"

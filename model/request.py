@@ -206,12 +206,23 @@ def body_too_large(size: int, limits: RequestLimits) -> RequestError:
 
 
 def decode_base64(value: str, field: str) -> bytes:
-    """Standard base64 (whitespace and a data: URL prefix allowed) -> bytes, or RequestError naming `field`."""
+    """Standard base64 (whitespace and a data: URL prefix allowed) -> bytes, or RequestError naming `field`.
+
+    Plain base64 decodes straight from the string; only a value with a prefix or whitespace is copied."""
+    prefix = DATA_URL.match(value)
+    try:
+        return _non_empty(binascii.a2b_base64(value[prefix.end() :] if prefix else value, strict_mode=True), field)
+    except (binascii.Error, ValueError):
+        pass  # whitespace, or not base64: the general path below says which
     value = DATA_URL.sub("", value.strip(), count=1)
     try:
         data = base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise RequestError("invalid_base64", f"{field} is not valid base64 ({exc})", field)
+    return _non_empty(data, field)
+
+
+def _non_empty(data: bytes, field: str) -> bytes:
     if not data:
         raise RequestError("invalid_base64", f"{field} is empty", field)
     return data

@@ -18,11 +18,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from model.errors import RequestError
 
 SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP")  # MPO: a JPEG with an MPF segment, as phones write them
+STRIP_BYTES = 4 << 20  # pixels copied out of Pillow at a time
 OUTPUT_BLOCK = 64  # output columns resampled at a time: bounds the intermediate to (height, ~64 * scale, 3)
 
 
 def decode_image(data: bytes, max_side: int, field: str = "image_base64") -> np.ndarray:
-    """JPEG/PNG/WebP bytes -> read-only (H, W, 3) uint8 RGB, EXIF orientation applied, alpha dropped, first frame.
+    """JPEG/PNG/WebP bytes -> (H, W, 3) uint8 RGB, EXIF orientation applied, alpha dropped, first frame only.
 
     Raises RequestError: 422 `invalid_image` (not a supported or decodable image), 422 `image_too_large`
     (a side over `max_side`, or a decompression bomb), decided from the header before decoding.
@@ -47,10 +48,19 @@ def decode_image(data: bytes, max_side: int, field: str = "image_base64") -> np.
         ImageOps.exif_transpose(image, in_place=True)  # in place: a 4096x4096 image is 64 MB in Pillow
         if image.mode != "RGB":
             image = image.convert("RGB")  # upstream: Image.open(...).convert("RGB"); frame 0
-        width, height = image.size
-        return np.frombuffer(image.tobytes(), np.uint8).reshape(height, width, 3)  # read-only, one copy
+        return _to_array(image)
     except Exception as exc:  # truncated data, broken EXIF, an unconvertible mode
         raise RequestError("invalid_image", f"{field} could not be decoded ({exc.__class__.__name__}: {exc}); is it truncated?", field)
+
+
+def _to_array(image: Image.Image) -> np.ndarray:
+    """An RGB image's pixels, copied a strip at a time: np.asarray(image) would hold two more full copies."""
+    width, height = image.size
+    pixels = np.empty((height, width, 3), np.uint8)
+    rows = max(1, STRIP_BYTES // (3 * width))
+    for top in range(0, height, rows):
+        pixels[top : top + rows] = np.asarray(image.crop((0, top, width, min(height, top + rows))))
+    return pixels
 
 
 def choose_bucket(height: int, width: int, buckets: tuple[tuple[int, int], ...]) -> tuple[int, int]:

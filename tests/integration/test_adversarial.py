@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import time
-import zlib
 from dataclasses import dataclass
 
 import httpx
@@ -21,7 +19,7 @@ from pydantic import TypeAdapter
 
 from model.responses import ErrorResponse, NdjsonLine
 
-from tests.helpers import audio_file, b64, image_file, speech_like
+from tests.helpers import audio_file, b64, image_file, png_declaring, speech_like
 from tests.integration.conftest import Service
 from tests.integration.streams import ndjson_events
 
@@ -42,14 +40,6 @@ class Case:
 
 def request(**fields) -> bytes:
     return json.dumps({"prompt": "a person talking", **FAST, **fields}).encode()
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
 
 
 def pixels(height: int, width: int) -> np.ndarray:

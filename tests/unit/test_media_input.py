@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import math
-import struct
 import tracemalloc
-import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -21,7 +19,7 @@ from PIL import Image
 from model.errors import RequestError
 from model.media.audio import decode_audio
 from model.media.image import decode_image, fit_to_bucket
-from tests.helpers import EXAMPLE_SPEECH, audio_file, image_file, speech_like
+from tests.helpers import EXAMPLE_SPEECH, audio_file, image_file, png_declaring, speech_like
 
 MB = 1 << 20
 
@@ -93,16 +91,6 @@ def test_fit_to_bucket_memory_is_bounded_by_the_bucket(shape: tuple[int, int], b
 
 
 # -- image decoding ------------------------------------------------------------------------------------------
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A ~60-byte PNG whose header declares width x height (its pixel data is absent)."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("size", [(60000, 60000), (20000, 20000), (10000, 10000), (4097, 16)])

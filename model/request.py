@@ -255,7 +255,18 @@ def _parse_json_object(body: bytes) -> dict[str, Any]:
         raise RequestError(
             "invalid_json", f"the body must be a JSON object with a prompt, not a JSON {type(data).__name__}", status=400
         )
+    for text in (*data, *(value for value in data.values() if isinstance(value, str))):
+        if not text.isascii() and not _is_unicode(text):
+            raise RequestError("invalid_json", "the body holds an unpaired surrogate escape (\\ud800 to \\udfff): not Unicode text", status=400)
     return data
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _bounded_int(digits: str) -> int | OversizedInteger:

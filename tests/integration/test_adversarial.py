@@ -123,6 +123,8 @@ JSON_CASES = [
     Case("text/plain", request(), (415, "unsupported_media_type"), (("Content-Type", "text/plain"),)),
     Case("no content type", request(), (415, "unsupported_media_type"), ()),
     Case("form data", b"prompt=hi", (415, "unsupported_media_type"), (("Content-Type", "application/x-www-form-urlencoded"),)),
+    Case("lone surrogate in the prompt", b'{"prompt": "hi \\ud800 there", "num_steps": 1, "num_frames": 5}', (400, "invalid_json")),
+    Case("lone surrogate as a field name", b'{"prompt": "hi", "\\udfff": 1}', (400, "invalid_json")),
     Case("prompt with NUL, emoji and RTL text", request(prompt="a\x00b \U0001f600 \u202eabc", num_frames=5), DONE),
     Case("duplicate keys: the last wins", b'{"prompt": "hi", "num_steps": 500, "num_steps": 1, "num_frames": 5}', DONE),
     Case("smallest video", request(num_frames=1, height=128, width=128), DONE),

@@ -90,6 +90,8 @@ def test_media_are_decoded() -> None:
         (body(tea_cache_threshold=-0.1), 422, "invalid_field", "tea_cache_threshold"),
         (body(tea_cache_threshold=1.5), 422, "invalid_field", "tea_cache_threshold"),
         (body(num_steps=None), 422, "invalid_field", "num_steps"),
+        (b'{"prompt": "hi \\ud800 there"}', 400, "invalid_json", None),
+        (b'{"prompt": "hi", "\\udfff": 1}', 400, "invalid_json", None),
     ],
 )
 def test_bad_input_is_refused(raw: bytes, status: int, code: str, field: str | None) -> None:

@@ -17,6 +17,8 @@ import soundfile
 from PIL import Image
 from pydantic import TypeAdapter
 
+from deployments.app import AppArgs
+from model.config import load_model_config
 from model.responses import ErrorResponse, NdjsonLine
 
 from tests.helpers import audio_file, b64, image_file, png_declaring, speech_like
@@ -206,3 +208,14 @@ def test_hostile_input(service: Service, client: httpx.Client, case: Case) -> No
     assert answered < ANSWER_S, f"{case.name}: expected an answer within {ANSWER_S} s, got {answered:.1f} s"
     health = client.get(f"{service.url}/health")
     assert health.status_code == 200 and health.json()["status"] == "healthy", f"after {case.name}: {health.text}"
+
+
+def test_openapi_states_this_deployments_limits_and_defaults(service: Service, client: httpx.Client) -> None:
+    args = AppArgs.from_serve_config()
+    defaults = load_model_config(args.config).generation
+    document = client.get(f"{service.url}/openapi.json").json()
+    for route in ("/generate", "/generate-stream", "/generate-stream-chunked"):
+        fields = document["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+        got = (fields["num_steps"]["default"], fields["negative_prompt"]["maxLength"], fields["tea_cache_threshold"]["maximum"])
+        want = (defaults.num_steps, args.limits.max_prompt_chars, args.limits.max_tea_cache_threshold)
+        assert got == want, f"{route}: expected (num_steps default, prompt limit, TeaCache limit) {want}, got {got}"

@@ -73,6 +73,11 @@ def mpo() -> bytes:
     return saved(first, "MPO", save_all=True, append_images=[second])
 
 
+def animated(fmt: str) -> bytes:
+    frames = [Image.fromarray(pixels(24, 32 + i)).resize((32, 24)) for i in range(3)]
+    return saved(frames[0], fmt, save_all=True, append_images=frames[1:], duration=40, loop=0)
+
+
 def rotated_jpeg() -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 8
@@ -161,6 +166,9 @@ IMAGE_CASES = [
     image_case("RGBA WebP", image_file(np.dstack([pixels(32, 32), np.full((32, 32), 128, np.uint8)]), "WEBP"), DONE),
     image_case("palette PNG with transparency", palette_png(), DONE),
     image_case("JPEG with EXIF orientation 8", rotated_jpeg(), DONE),
+    image_case("animated PNG", animated("PNG"), DONE),
+    image_case("animated WebP", animated("WEBP"), DONE),
+    image_case("4096x4096 PNG of zeros (a compression bomb within the limits)", image_file(np.zeros((4096, 4096, 3), np.uint8)), DONE),
 ]
 
 AUDIO_CASES = [

@@ -30,6 +30,7 @@ MAX_INTEGER_DIGITS = 20  # the longest integer a field takes, a seed, has 10 dig
 DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
 JSON_CONTENT_TYPES = ("application/json",)
 MEDIA_FIELDS = ("image_base64", "audio_base64")
+MAX_FIELD_NAME_CHARS = 64  # of an unknown field's name, as errors repeat it
 
 
 @dataclass(frozen=True)
@@ -286,6 +287,8 @@ def _validate_fields(model: type[BaseModel], data: dict[str, Any]) -> Any:
 
 def _field_error(model: type[BaseModel], error: dict[str, Any], count: int) -> RequestError:
     field = ".".join(str(part) for part in error["loc"]) or None
+    if field is not None and len(field) > MAX_FIELD_NAME_CHARS:  # an unknown key may be megabytes long
+        field = field[: MAX_FIELD_NAME_CHARS - 3] + "..."
     more = f" (and {count - 1} more problem{'s' if count > 2 else ''})" if count > 1 else ""
     if error["type"] == "extra_forbidden":
         allowed = ", ".join(model.model_fields)

@@ -116,6 +116,7 @@ JSON_CASES = [
     Case("negative prompt too long", request(negative_prompt="x" * 2001), (422, "invalid_field")),
     Case("unknown field", request(fps=30), (422, "unknown_field")),
     Case("__proto__ field", request(__proto__={"admin": True}), (422, "unknown_field")),
+    Case("a 1 MB field name", request(**{"x" * 1_000_000: 1}), (422, "unknown_field")),
     Case("seed as a boolean", request(seed=True), (422, "invalid_field")),
     Case("num_steps as a float", request(num_steps=4.0), (422, "invalid_field")),
     Case("num_steps null", request(num_steps=None), (422, "invalid_field")),

@@ -160,6 +160,11 @@ def test_example_files_decode() -> None:
     assert 5.8 < request.audio.duration_s < 6.2, request.audio.duration_s
 
 
+def test_a_huge_unknown_field_name_is_shortened() -> None:
+    error = refused(body(**{"x" * 100_000: 1}))
+    assert error.code == "unknown_field" and len(error.field) <= 64 and len(error.message) < 400, (len(error.field), len(error.message))
+
+
 def test_huge_integers_are_named_without_being_converted() -> None:
     message = refused(b'{"prompt": "hi", "seed": ' + b"9" * 5000 + b"}").message
     assert "5000-digit" in message and len(message) < 200, message

@@ -41,33 +41,48 @@ class EncodingOptions:
     audio_bitrate: int = 128_000
 
 
-def output_audio_track(audio: DecodedAudio | None, plan: SegmentPlan) -> tuple[np.ndarray, int]:
-    """The audio of the output video, (channels, n) float32, and its rate, built in one allocation.
+@dataclass(frozen=True, eq=False)
+class OutputTrack:
+    """The audio of the output video, never materialised whole: silence for the reference frame and the
+    lead-in, the speech from `offset`, then silence to `length` samples (frame g is shown at g / fps and is
+    driven by the audio at that time)."""
 
-    Silence for the reference frame and the lead-in, the speech, then silence to the last frame's end
-    (frame g is shown at g / fps and is driven by the audio at that time).
-    """
+    speech: np.ndarray  # (channels, m) float32 at rate
+    rate: int
+    offset: int
+    length: int
+
+    def slice(self, start: int, stop: int) -> np.ndarray:
+        """Samples [start, stop) of the track, (channels, n) float32."""
+        stop = min(stop, self.length)
+        out = np.zeros((self.speech.shape[0], max(0, stop - start)), np.float32)
+        first, last = max(start, self.offset), min(stop, self.offset + self.speech.shape[1])
+        if last > first:
+            out[:, first - start : last - start] = self.speech[:, first - self.offset : last - self.offset]
+        return out
+
+
+def output_audio_track(audio: DecodedAudio | None, plan: SegmentPlan) -> OutputTrack:
+    """The output audio of a request: its speech at the playback rate, or a silent mono track."""
     rate = SILENT_TRACK_RATE if audio is None else audio.playback_rate
-    track = np.zeros((1 if audio is None else audio.playback.shape[0], plan.num_frames * rate // plan.fps), np.float32)
-    if audio is not None:
-        offset = round(plan.audio_offset_s * rate)  # as with_lead_in() pads
-        kept = max(0, min(audio.playback.shape[1], track.shape[1] - offset))
-        track[:, offset : offset + kept] = audio.playback[:, :kept]
-    return track, rate
+    length = plan.num_frames * rate // plan.fps
+    if audio is None:
+        return OutputTrack(np.zeros((1, 0), np.float32), rate, 0, length)
+    return OutputTrack(audio.playback, rate, round(plan.audio_offset_s * rate), length)  # the offset as with_lead_in() pads
 
 
 class AacStream:
     """One continuous AAC encode of a track, handed out in time order as packets are needed."""
 
-    def __init__(self, track: np.ndarray, rate: int, bitrate: int) -> None:
-        self.rate = rate
-        self.layout = "mono" if track.shape[0] == 1 else "stereo"
+    def __init__(self, track: OutputTrack, bitrate: int) -> None:
+        self.rate = track.rate
+        self.layout = "mono" if track.speech.shape[0] == 1 else "stereo"
         self._codec = av.CodecContext.create("aac", "w")
-        self._codec.sample_rate = rate
+        self._codec.sample_rate = track.rate
         self._codec.layout = self.layout
         self._codec.format = "fltp"
         self._codec.bit_rate = bitrate
-        self._codec.time_base = Fraction(1, rate)
+        self._codec.time_base = Fraction(1, track.rate)
         self._codec.open()
         self._track = track
         self._fed = 0
@@ -90,12 +105,12 @@ class AacStream:
         return taken
 
     def _feed_one_frame(self) -> None:
-        if self._fed >= self._track.shape[1]:
+        if self._fed >= self._track.length:
             self._pending.extend(self._codec.encode(None))
             self._flushed = True
             return
-        chunk = self._track[:, self._fed : self._fed + self._codec.frame_size]
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout=self.layout)
+        chunk = self._track.slice(self._fed, self._fed + self._codec.frame_size)
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self.layout)
         frame.sample_rate = self.rate
         frame.pts = self._fed
         self._fed += chunk.shape[1]
@@ -109,8 +124,7 @@ class SegmentEncoder:
         self.plan = plan
         self.options = options
         self.codecs = ""  # the RFC 6381 codecs string, e.g. 'avc1.64001f,mp4a.40.2', known after a first encode
-        track, rate = output_audio_track(audio, plan)
-        self._aac = AacStream(track, rate, options.audio_bitrate)
+        self._aac = AacStream(output_audio_track(audio, plan), options.audio_bitrate)
 
     def encode(self, spec: SegmentSpec, frames: np.ndarray) -> bytes:
         """(n, H, W, 3) uint8 frames of segment `spec` -> MP4 bytes with this segment's audio."""

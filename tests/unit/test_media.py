@@ -12,6 +12,7 @@ import pytest
 from model.config import PlanConfig
 from model.media import EncodingOptions, SegmentEncoder, concatenate_segments, output_audio_track
 from model.media.audio import decode_audio
+from model.media.mp4 import OutputTrack
 from model.plan import plan_segments
 from tests.helpers import audio_file, speech_like
 from tests.unit.test_plan import make_request
@@ -81,7 +82,8 @@ def test_concatenation_keeps_every_frame(encoded) -> None:
 
 def test_audio_is_continuous_and_in_sync(encoded) -> None:
     plan, audio, _, segments = encoded
-    reference, rate = output_audio_track(audio, plan)
+    track = output_audio_track(audio, plan)
+    reference, rate = track.slice(0, track.length), track.rate
     assert reference.shape[1] == plan.num_frames * rate // 25, "the track lasts exactly as long as the video"
     silence = round(plan.audio_offset_s * rate)
     assert not reference[:, :silence].any() and reference[:, silence:].any(), "speech starts after one frame + lead-in"
@@ -110,3 +112,11 @@ def test_encoder_refuses_wrong_frames(encoded) -> None:
     plan, audio, _, _ = encoded
     with pytest.raises(ValueError, match="expected frames of shape"):
         SegmentEncoder(plan, audio, EncodingOptions()).encode(plan.segments[0], np.zeros((3, 64, 96, 3), np.uint8))
+
+
+def test_output_track_slices_are_the_padded_speech() -> None:
+    speech = np.arange(1, 11, dtype=np.float32)[None]  # samples 1..10 from offset 3 of a 16-sample track
+    track = OutputTrack(speech, rate=8000, offset=3, length=16)
+    whole = np.concatenate([np.zeros(3), speech[0], np.zeros(3)]).astype(np.float32)[None]
+    for start, stop in [(0, 16), (0, 2), (2, 5), (5, 12), (12, 20), (16, 20), (0, 1000)]:
+        np.testing.assert_array_equal(track.slice(start, stop), whole[:, start:stop], err_msg=f"slice [{start}, {stop})")

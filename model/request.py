@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from model.config import GenerationDefaults
 from model.errors import RequestError
-from model.media.audio import DecodedAudio, decode_audio
+from model.media.audio import MAX_CHANNELS, MAX_SAMPLE_RATE, DecodedAudio, decode_audio
 from model.media.image import decode_image
 
 MAX_SEED = 2**32 - 1
@@ -39,8 +39,8 @@ class RequestLimits:
 
     max_body_bytes: int = 64 * 1024 * 1024
     max_audio_s: float = 600.0
-    max_audio_sample_rate: int = 96000
-    max_audio_channels: int = 8
+    max_audio_sample_rate: int = MAX_SAMPLE_RATE
+    max_audio_channels: int = MAX_CHANNELS
     max_image_side: int = 4096
     max_prompt_chars: int = 2000
     max_tea_cache_threshold: float = 1.0

@@ -23,6 +23,8 @@ from model.errors import RequestError
 
 MODEL_SAMPLE_RATE = 16000
 MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 96000  # the default limits (RequestLimits: max_audio_sample_rate, max_audio_channels)
+MAX_CHANNELS = 8
 SUPPORTED_FORMATS = {"WAV": "WAV", "WAVEX": "WAV", "RF64": "WAV", "MP3": "MP3", "FLAC": "FLAC", "OGG": "OGG"}
 AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)  # from MIN_SAMPLE_RATE to the playback maximum
 PLAYBACK_MAX_RATE = 48000
@@ -47,8 +49,8 @@ def decode_audio(
     max_duration_s: float,
     fps: int = 25,
     field: str = "audio_base64",
-    max_sample_rate: int = 192000,
-    max_channels: int = 8,
+    max_sample_rate: int = MAX_SAMPLE_RATE,
+    max_channels: int = MAX_CHANNELS,
 ) -> DecodedAudio:
     """Decode an audio file with bounded memory.
 
@@ -120,8 +122,7 @@ class _StreamingResampler:
             self.feed(np.zeros((0, self._track.shape[0]), np.float32), last=True)
         length = self._length(frames)
         if self._track.shape[1] < length:
-            self._grow(length)
-        self._track[:, self._filled :] = 0  # librosa pads a short resample with zeros
+            self._grow(length)  # zeros beyond what soxr gave, as librosa pads a short resample
         return self._track if self._track.shape[1] == length else np.ascontiguousarray(self._track[:, :length])
 
     def _write(self, out: np.ndarray) -> None:  # (k, channels)

@@ -19,11 +19,11 @@ from pydantic import TypeAdapter
 
 from deployments.app import AppArgs
 from model.config import load_model_config
-from model.responses import ErrorResponse, NdjsonLine
+from model.responses import SSE_EVENTS, ErrorResponse, HealthResponse, NdjsonLine, VideoResponse
 
 from tests.helpers import audio_file, b64, image_file, png_declaring, speech_like
 from tests.integration.conftest import Service
-from tests.integration.streams import ndjson_events
+from tests.integration.streams import ndjson_events, sse_events
 
 ANSWER_S = 10.0  # a loose bound: every case is answered in well under a second on an idle machine
 JSON_TYPE = {"Content-Type": "application/json"}
@@ -228,3 +228,16 @@ def test_openapi_states_this_deployments_limits_and_defaults(service: Service, c
         got = (fields["num_steps"]["default"], fields["negative_prompt"]["maxLength"], fields["tea_cache_threshold"]["maximum"])
         want = (defaults.num_steps, args.limits.max_prompt_chars, args.limits.max_tea_cache_threshold)
         assert got == want, f"{route}: expected (num_steps default, prompt limit, TeaCache limit) {want}, got {got}"
+
+
+
+def test_answers_match_their_typed_models(service: Service, client: httpx.Client) -> None:
+    """The models the OpenAPI document is built from describe what the wire carries."""
+    small = {"prompt": "a person talking", "audio_base64": b64(sound(SPEECH, 16000)), "num_steps": 2, "seed": 1}
+    with client.stream("POST", f"{service.url}/generate-stream", json=small) as response:
+        events = list(sse_events(response))
+    assert {e.name for e in events} >= {"start", "progress", "segment", "complete"}, [e.name for e in events]
+    for event in events:
+        SSE_EVENTS[event.name].model_validate(event.data)
+    VideoResponse.model_validate(client.post(f"{service.url}/generate", json=small).json())
+    HealthResponse.model_validate(client.get(f"{service.url}/health").json())

@@ -1,4 +1,4 @@
-"""AvatarIngress: the HTTP routes of protocol.md. Each route is a line or two; the logic is in serving.py.
+"""AvatarIngress: the HTTP routes of docs/protocol.md. Each route is a line or two; the logic is in serving.py.
 
 No `from __future__ import annotations` here: FastAPI must see the real `Request` annotation.
 """
@@ -15,7 +15,8 @@ from starlette.staticfiles import StaticFiles
 
 from deployments.errors import ServiceError, error_response
 from deployments.framing import NdjsonFraming, SseFraming
-from deployments.serving import AvatarService, StreamOptions
+from deployments.options import StreamOptions
+from deployments.serving import AvatarService
 from model.config import ModelConfig
 from model.request import GenerateFields, RequestLimits
 
@@ -56,12 +57,12 @@ class AvatarIngress:
 
     @app.get("/health")
     async def health(self) -> Response:
-        """Service and backend state: 200 when the model is loaded, 503 while loading or after a failed load."""
+        """Service state from Serve's view of the generators: 200 when one can generate, 503 JSON otherwise."""
         return await self.service.health()
 
     @app.post("/generate-stream", openapi_extra=GENERATE_BODY)
     async def generate_stream(self, request: Request) -> Response:
-        """Server-Sent Events: start, progress, one segment event per MP4 segment, then complete or error."""
+        """Server-Sent Events: queued while waiting, start, progress, one segment event per MP4 segment, then complete or error."""
         return await self.service.stream(request, SseFraming(), route="sse")
 
     @app.post("/generate-stream-chunked", openapi_extra=GENERATE_BODY)

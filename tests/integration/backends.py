@@ -1,14 +1,20 @@
-"""A backend for testing the service's error path: the preview, failing at a chosen segment."""
+"""A backend for testing the service's error path: the preview, failing at a chosen segment (in the backend,
+or with the prompt ENCODER_FAILURE, in the encoder: the segment's frames have the wrong size)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+
+import numpy as np
 
 from model.backend import CancelToken, SegmentFrames, StepCallback
 from model.config import ModelConfig
 from model.plan import SegmentPlan
 from model.preview.backend import PreviewBackend
 from model.request import GenerateRequest
+
+
+ENCODER_FAILURE = "fail in the encoder"
 
 
 class FailingPreviewBackend(PreviewBackend):
@@ -21,6 +27,8 @@ class FailingPreviewBackend(PreviewBackend):
 
     def generate(self, request: GenerateRequest, plan: SegmentPlan, cancel: CancelToken, on_step: StepCallback) -> Iterator[SegmentFrames]:
         for segment in super().generate(request, plan, cancel, on_step):
-            if segment.index == self.fail_at_segment:
+            if segment.index == self.fail_at_segment and request.prompt == ENCODER_FAILURE:
+                segment = SegmentFrames(segment.index, np.zeros((segment.frames.shape[0], 7, 5, 3), np.uint8))
+            elif segment.index == self.fail_at_segment:
                 raise RuntimeError(f"synthetic failure at segment {segment.index}")
             yield segment

@@ -69,6 +69,7 @@ class AvatarGenerator:
         self._metrics = GeneratorMetrics()
         self._recent: OrderedDict[str, RequestRecord] = OrderedDict()
         self._running: set[SegmentPipeline] = set()  # pipelines whose threads may still run
+        self._one_at_a_time = asyncio.Lock()  # Serve frees a cancelled call's slot before its threads end
         self._last_progress = time.monotonic()
         self._backend = await self._load(config, backend_cls or backend_class(config.backend), load_timeout_s)
 
@@ -101,9 +102,15 @@ class AvatarGenerator:
         return None if record is None else asdict(record)
 
     async def generate(self, job: GenerationJob) -> AsyncIterator[Accepted | Progress | EncodedSegment]:
-        """Accepted at once, then Progress and EncodedSegment events; stops within a step on cancel, and
-        returns only once the compute and encode threads have ended."""
+        """Accepted once no other generation runs here, then Progress and EncodedSegment events; stops within a
+        step on cancel, and lets the next generation start only once the compute and encode threads ended."""
+        async with self._one_at_a_time:
+            async for event in self._generate(job):
+                yield event
+
+    async def _generate(self, job: GenerationJob) -> AsyncIterator[Accepted | Progress | EncodedSegment]:
         record = self._track(job.request_id)
+        record.others_running_at_start = len(self._running)
         yield Accepted(request_id=job.request_id, backend=self._backend.describe())
 
         def on_step(_: Progress) -> None:
@@ -113,7 +120,6 @@ class AvatarGenerator:
                 record.steps_after_cancel += 1
 
         pipeline = SegmentPipeline(self._backend, job, self._encoding, on_step=on_step)
-        record.others_running_at_start = len(self._running)
         self._running.add(pipeline)
         self._last_progress = time.monotonic()
         watch = asyncio.ensure_future(self._watch_caller(job, pipeline))
@@ -127,7 +133,7 @@ class AvatarGenerator:
                     self._metrics.encode_seconds.observe(event.encode_s)
                 yield event
             record.state = "completed"
-        except (asyncio.CancelledError, OrphanedJob) as stop:
+        except (asyncio.CancelledError, GeneratorExit, OrphanedJob) as stop:
             record.state, record.cancel_requested = "cancelled", True
             self._metrics.cancelled.inc()
             why = "its ingress is gone" if isinstance(stop, OrphanedJob) else "the client left"
@@ -141,7 +147,7 @@ class AvatarGenerator:
             watch.cancel()
             record.compute_idle_s = pipeline.compute_idle_s
             try:
-                await pipeline.stop()  # the slot is free only once the threads are
+                await pipeline.stop()
             finally:
                 self._running.discard(pipeline)
 

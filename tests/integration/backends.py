@@ -1,8 +1,10 @@
-"""A backend for testing the service's error path: the preview, failing at a chosen segment (in the backend,
-or with the prompt ENCODER_FAILURE, in the encoder: the segment's frames have the wrong size)."""
+"""Backends for testing the service's error and fault paths: the preview failing at a chosen segment (in the
+backend, or with the prompt ENCODER_FAILURE in the encoder: the segment's frames have the wrong size), and the
+preview with steps that block like GPU kernels after a slow load."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -12,7 +14,6 @@ from model.config import ModelConfig
 from model.plan import SegmentPlan
 from model.preview.backend import PreviewBackend
 from model.request import GenerateRequest
-
 
 ENCODER_FAILURE = "fail in the encoder"
 
@@ -32,3 +33,22 @@ class FailingPreviewBackend(PreviewBackend):
             elif segment.index == self.fail_at_segment:
                 raise RuntimeError(f"synthetic failure at segment {segment.index}")
             yield segment
+
+
+class BlockingStepPreviewBackend(PreviewBackend):
+    """The preview whose steps each block for `blocking_step_s` without looking at the cancel token, as a GPU
+    kernel does, after a load that takes `load_s` (options)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        options = dict(config.options)
+        self.blocking_step_s = float(options.pop("blocking_step_s"))
+        load_s = float(options.pop("load_s", 0.0))
+        super().__init__(ModelConfig(config.backend, config.generation, config.planning, options, config.source))
+        time.sleep(load_s)
+
+    def generate(self, request: GenerateRequest, plan: SegmentPlan, cancel: CancelToken, on_step: StepCallback) -> Iterator[SegmentFrames]:
+        def blocking_step(segment_index: int, step: int, num_steps: int) -> None:
+            time.sleep(self.blocking_step_s)
+            on_step(segment_index, step, num_steps)
+
+        yield from super().generate(request, plan, cancel, blocking_step)

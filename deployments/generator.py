@@ -21,6 +21,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 
 from deployments.events import Accepted, EncodedSegment, GenerationJob, Progress
+from deployments.health import publish_backend
 from deployments.metrics import GeneratorMetrics
 from deployments.options import StreamOptions
 from deployments.pipeline import SegmentPipeline
@@ -72,6 +73,8 @@ class AvatarGenerator:
         self._one_at_a_time = asyncio.Lock()  # Serve frees a cancelled call's slot before its threads end
         self._last_progress = time.monotonic()
         self._backend = await self._load(config, backend_cls or backend_class(config.backend), load_timeout_s)
+        replica = serve.get_replica_context()
+        await asyncio.to_thread(publish_backend, replica.app_name, replica.deployment, self._backend.describe())
 
     @staticmethod
     async def _load(config: ModelConfig, backend_cls: type[AvatarBackend], timeout_s: float) -> AvatarBackend:

@@ -28,7 +28,7 @@ from deployments.metrics import IngressMetrics
 from deployments.options import StreamOptions
 from deployments.ticker import TIMEOUT, Ticker
 from model.config import ModelConfig
-from model.errors import RequestError
+from model.errors import NotReadyError, RequestError
 from model.media import concatenate_segments
 from model.plan import SegmentPlan, plan_segments
 from model.request import RequestLimits, check_content_type, parse_request
@@ -79,7 +79,6 @@ class AvatarService:
         self.limits = limits
         self.options = options
         self.metrics = IngressMetrics()
-        self._backend_info: dict[str, Any] = {"backend": config.backend}  # completed by each Accepted
         self._waiting: dict[str, None] = {}  # ids of submitted requests no generator took yet, oldest first
 
     # -- routes ----------------------------------------------------------------------------------------------
@@ -90,8 +89,10 @@ class AvatarService:
             "status": replicas.status,
             "model_loaded": replicas.ready > 0,
             "streaming_supported": True,
-            **self._backend_info,
+            "backend": self.config.backend,
+            **replicas.backend,
             "generators": replicas.to_dict(),
+            "error": replicas.error,
             "queued": len(self._waiting),
             "defaults": asdict(self.config.generation),
             "limits": asdict(self.limits),
@@ -146,6 +147,9 @@ class AvatarService:
         if not REQUEST_ID.match(request_id):
             raise RequestError("invalid_request_id", "X-Request-ID must be 1 to 128 letters, digits, '.', ':', '_' or '-'", status=400)
         check_content_type(http_request.headers.get("content-type"))
+        replicas = await self._generators.replicas()
+        if replicas.failed:  # a request would wait for a replica that will not come
+            raise NotReadyError(f"the {self.config.backend} backend failed to load: {replicas.error}", 60)
         options = self.options
         raw = await read_body(http_request, self.limits, options.body_timeout_s, options.drain_bytes)
         request = await asyncio.to_thread(parse_request, raw, self.limits, self.config.generation, self.config.planning.fps)
@@ -172,7 +176,6 @@ class AvatarService:
             return
         submission.accepted = item
         self._waiting.pop(submission.job.request_id, None)
-        self._backend_info = {**self._backend_info, **item.backend}
 
     def _ahead(self, request_id: str) -> int:
         """Requests this ingress submitted earlier that no generator took yet (other ingress replicas' unknown)."""
@@ -268,7 +271,7 @@ class AvatarService:
             "width": plan.width,
             "height": plan.height,
             "num_steps": submission.job.request.num_steps,
-            "backend": self._backend_info.get("backend"),
+            "backend": submission.accepted.backend.get("backend") if submission.accepted else None,
         }
 
     @staticmethod

@@ -11,7 +11,7 @@ import pytest
 from tests.helpers import audio_file, b64, speech_like
 from tests.integration.backends import ENCODER_FAILURE
 from tests.integration.conftest import Service
-from tests.integration.streams import ndjson_events, sse_events
+from tests.integration.streams import after_queued, ndjson_events, sse_events
 
 WAV = audio_file(speech_like(1.0), 16000)
 JSON = {"Content-Type": "application/json"}
@@ -72,7 +72,7 @@ REQUEST = {"prompt": "hi", "num_frames": 120, "height": 720, "width": 720, "num_
 def test_failure_mid_stream_ends_with_an_error_event(failing: Service, client: httpx.Client) -> None:
     with client.stream("POST", f"{failing.url}/generate-stream", json=REQUEST) as response:
         assert response.status_code == 200
-        events = list(sse_events(response))  # reads to a clean end of the body: no truncated chunked stream
+        events = after_queued(list(sse_events(response)))  # reads to a clean end of the body: no truncated chunked stream
     names = [e.name for e in events]
     assert names[0] == "start" and names[-1] == "error" and "complete" not in names, names
     assert [e.data["segment_index"] for e in events if e.name == "segment"] == [0]

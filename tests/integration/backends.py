@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from model.preview.backend import PreviewBackend
 from model.request import GenerateRequest
 
 ENCODER_FAILURE = "fail in the encoder"
+HANG = "hang in a step"
 
 
 class FailingPreviewBackend(PreviewBackend):
@@ -37,18 +39,21 @@ class FailingPreviewBackend(PreviewBackend):
 
 class BlockingStepPreviewBackend(PreviewBackend):
     """The preview whose steps each block for `blocking_step_s` without looking at the cancel token, as a GPU
-    kernel does, after a load that takes `load_s` (options)."""
+    kernel does (for the prompt HANG, for ever); with the option `loaded_when` (a path), its load lasts until
+    that file exists."""
 
     def __init__(self, config: ModelConfig) -> None:
         options = dict(config.options)
         self.blocking_step_s = float(options.pop("blocking_step_s"))
-        load_s = float(options.pop("load_s", 0.0))
+        loaded_when = options.pop("loaded_when", None)
         super().__init__(ModelConfig(config.backend, config.generation, config.planning, options, config.source))
-        time.sleep(load_s)
+        deadline = time.monotonic() + 120
+        while loaded_when and not Path(loaded_when).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def generate(self, request: GenerateRequest, plan: SegmentPlan, cancel: CancelToken, on_step: StepCallback) -> Iterator[SegmentFrames]:
         def blocking_step(segment_index: int, step: int, num_steps: int) -> None:
-            time.sleep(self.blocking_step_s)
+            time.sleep(3600 if request.prompt == HANG else self.blocking_step_s)
             on_step(segment_index, step, num_steps)
 
         yield from super().generate(request, plan, cancel, blocking_step)

@@ -14,6 +14,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -27,7 +28,7 @@ from deployments.ingress import AvatarIngress
 from deployments.options import StreamOptions
 from model.config import load_model_config
 from model.request import RequestLimits
-from tests.integration.backends import BlockingStepPreviewBackend
+from tests.integration.backends import HANG, BlockingStepPreviewBackend
 from tests.integration.conftest import Service, run_app
 from tests.integration.streams import BackgroundStream
 
@@ -250,6 +251,17 @@ def test_a_frozen_generator_ends_the_stream_with_replica_stalled(faults: Service
     completes(faults)
 
 
+def test_a_hung_generation_fails_check_health_and_its_replica_is_replaced(faults: Service) -> None:
+    healthy_again(faults)
+    hung = BackgroundStream(f"{faults.url}/generate-stream", {**SHORT, "prompt": HANG})
+    hung.wait_for("start")
+    error = hung.wait_for("error", timeout_s=OPTIONS.stall_timeout_s + 10)
+    assert error.data["error"]["code"] == "replica_stalled", error.data
+    reports_no_generator(faults, timeout_s=OPTIONS.stall_timeout_s + 4 * HEALTH_PERIOD_S + 10)  # 3 failed checks
+    healthy_again(faults)
+    completes(faults)
+
+
 def test_a_killed_ingress_stops_its_generation(faults: Service) -> None:
     """Last in this module: the app's ingress is restarted afterwards."""
     healthy_again(faults)
@@ -264,3 +276,31 @@ def test_a_killed_ingress_stops_its_generation(faults: Service) -> None:
     assert stopped_after < 4 * OPTIONS.orphan_check_s + STEP_S + 2, f"the orphaned generation stopped {stopped_after:.1f} s after"
     stream.leave()
     healthy_again(faults)
+
+
+def test_a_loading_generator_is_not_routable_and_requests_wait_for_it(base_url: str, tmp_path: Path) -> None:
+    """Serve routes to a replica once its async __init__ returned: after the load and warm-up, not before."""
+    loaded = tmp_path / "loaded"
+    args = AppArgs.from_serve_config()
+    config = load_model_config(args.config, {"options": {"blocking_step_s": 0.0, "loaded_when": str(loaded)}})
+    generator = AvatarGenerator.options(name="AvatarGenerator", num_replicas=1, ray_actor_options={"num_cpus": 1}).bind(
+        config, args.encoding, backend_cls=BlockingStepPreviewBackend, options=OPTIONS
+    )
+    app = AvatarIngress.options(**args.ingress).bind(generator, config, args.limits, StreamOptions(max_queue_wait_s=60))
+    serve.run_many([serve.RunTarget(app, name="loading", route_prefix="/loading")], wait_for_applications_running=False)
+    url = f"{base_url}/loading"
+    try:
+        deadline = time.monotonic() + 60
+        while (health := httpx.get(f"{url}/health", timeout=10)).headers.get("content-type") != "application/json":
+            assert time.monotonic() < deadline, f"the ingress did not start: {health.status_code} {health.text}"
+            time.sleep(0.1)  # the ingress replica is still starting
+        body = health.json()
+        assert health.status_code == 503 and body["status"] == "loading" and body["generators"]["starting"] == 1, body
+        waiting = BackgroundStream(f"{url}/generate-stream", SHORT)
+        waiting.wait_for("queued", timeout_s=5)
+        loaded.touch()
+        waiting.wait_for("start", timeout_s=60)
+        waiting.wait_for("complete", timeout_s=30)
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    finally:
+        serve.delete("loading")

@@ -139,8 +139,8 @@ class AvatarGenerator:
         except (asyncio.CancelledError, GeneratorExit, OrphanedJob) as stop:
             record.state, record.cancel_requested = "cancelled", True
             self._metrics.cancelled.inc()
-            why = "its ingress is gone" if isinstance(stop, OrphanedJob) else "the client left"
-            logger.info("request %s cancelled (%s) after %d segments", job.request_id, why, record.segments)
+            why = "because its ingress is gone" if isinstance(stop, OrphanedJob) else "by the client"
+            logger.info("request %s cancelled %s after %d segments", job.request_id, why, record.segments)
             raise
         except Exception:
             record.state = "failed"

@@ -163,6 +163,13 @@ def _httpx(url: str, body: bytes) -> tuple[int, dict]:
     return response.status_code, response.json()
 
 
+def _httpx_chunked(url: str, body: bytes) -> tuple[int, dict]:
+    """No Content-Length: the size shows only while the body is read."""
+    chunks = (body[i : i + 65536] for i in range(0, len(body), 65536))
+    response = httpx.post(url, content=chunks, headers={"Content-Type": "application/json"}, timeout=30)
+    return response.status_code, response.json()
+
+
 def _curl(url: str, body: bytes) -> tuple[int, dict]:
     result = subprocess.run(
         ["curl", "-sS", "-w", "\n%{http_code}", "-H", "Content-Type: application/json", "--data-binary", "@-", url],
@@ -172,7 +179,7 @@ def _curl(url: str, body: bytes) -> tuple[int, dict]:
     return int(status), json.loads(text)
 
 
-@pytest.mark.parametrize("send", [_urllib, _requests, _httpx, _curl], ids=["urllib", "requests", "httpx", "curl"])
+@pytest.mark.parametrize("send", [_urllib, _requests, _httpx, _httpx_chunked, _curl], ids=["urllib", "requests", "httpx", "httpx-chunked", "curl"])
 def test_every_client_reads_the_413(faults: Service, send) -> None:
     body = json.dumps({"prompt": "x" * (MAX_BODY + 10)}).encode()
     status, answer = send(f"{faults.url}/generate-stream", body)

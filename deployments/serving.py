@@ -176,6 +176,7 @@ class AvatarService:
             return
         submission.accepted = item
         self._waiting.pop(submission.job.request_id, None)
+        self.metrics.queue_wait.observe(time.monotonic() - submission.arrived)
 
     def _ahead(self, request_id: str) -> int:
         """Requests this ingress submitted earlier that no generator took yet (other ingress replicas' unknown)."""

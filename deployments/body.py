@@ -43,6 +43,8 @@ async def read_body(http_request: Request, limits: RequestLimits, timeout_s: flo
             break
         if size <= limits.max_body_bytes:
             chunks.append(chunk)
+        else:
+            chunks.clear()  # over the limit: the rest is only drained
     if size > limits.max_body_bytes:
         raise body_too_large(int(declared) if declared.isdigit() else size, limits)
     return b"".join(chunks)

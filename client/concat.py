@@ -1,7 +1,7 @@
 """Lossless joining of the streamed segment MP4s into one MP4: packets are copied, never re-encoded.
 
 Each segment holds its own frames and the packets of ONE continuous AAC encode that start in its time
-range, with timestamps from 0 (protocol.md, Segments). Shifting every packet of a segment by where the
+range, with timestamps from 0 (docs/protocol.md, Segments). Shifting every packet of a segment by where the
 segment starts (the summed video durations of the segments before it) gives the whole video, with the
 audio gapless and in sync.
 """

@@ -1,4 +1,4 @@
-"""The stream's events as typed objects, read from Server-Sent Events or NDJSON lines (protocol.md)."""
+"""The stream's events as typed objects, read from Server-Sent Events or NDJSON lines (docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ from typing import Any
 
 
 class ProtocolError(Exception):
-    """The server sent something that does not follow protocol.md."""
+    """The server sent something that does not follow docs/protocol.md."""
+
+
+@dataclass(frozen=True)
+class Queued:
+    """`queued`: every generator is busy; the request waits with `ahead` requests before it (as far as the
+    ingress that took it knows), until `start`."""
+
+    request_id: str
+    ahead: int | None
 
 
 @dataclass(frozen=True)
@@ -71,7 +80,7 @@ class Failed:
     field: str | None = None
 
 
-Event = Started | Progress | Segment | Completed | Failed
+Event = Queued | Started | Progress | Segment | Completed | Failed
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,11 @@ def read_ndjson(lines: Iterable[str]) -> Iterator[Event]:
 
 
 # -- payloads to events ------------------------------------------------------------------------------------
+
+
+def _queued(data: dict[str, Any]) -> Queued:
+    ahead = data.get("ahead")
+    return Queued(request_id=str(data.get("request_id", "")), ahead=ahead if isinstance(ahead, int) and not isinstance(ahead, bool) else None)
 
 
 def _started(data: dict[str, Any]) -> Started:
@@ -183,8 +197,8 @@ def failed_from(body: Any) -> Failed:
     return Failed(str(error.get("code") or "unknown_error"), str(error.get("message") or "no message"), error.get("field"))
 
 
-SSE_EVENTS = {"start": _started, "progress": _progress, "segment": _segment, "complete": _completed, "error": failed_from}
-NDJSON_EVENTS = {"started": _started, "progress": _progress, "segment": _segment, "completed": _completed, "error": failed_from}
+SSE_EVENTS = {"queued": _queued, "start": _started, "progress": _progress, "segment": _segment, "complete": _completed, "error": failed_from}
+NDJSON_EVENTS = {"queued": _queued, "started": _started, "progress": _progress, "segment": _segment, "completed": _completed, "error": failed_from}
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:

@@ -36,7 +36,7 @@ def request_parser(prog: str, description: str, timeout_s: float, timeout_help: 
 
 
 def request_body(args: argparse.Namespace) -> dict[str, Any]:
-    """The JSON body of protocol.md from parsed options; options left out are left to the server."""
+    """The JSON body of docs/protocol.md from parsed options; options left out are left to the server."""
     body: dict[str, Any] = {"prompt": args.prompt}
     for field, path in (("image_base64", args.image), ("audio_base64", args.audio)):
         if path is not None:

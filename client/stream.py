@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from client.errors import ClientError, raise_for_error_response, server_error
-from client.events import Completed, Event, Failed, ProtocolError, Segment, Started, read_ndjson, read_sse
+from client.events import Completed, Event, Failed, ProtocolError, Queued, Segment, Started, read_ndjson, read_sse
 from client.files import write_atomically
 from client.request import endpoint
 
@@ -57,7 +57,7 @@ def receive(events: Iterable[Event], output_dir: Path, on_event: Callable[[Event
 
     Raises:
         ClientError: the stream ended with an error event, or before `complete`.
-        ProtocolError: events out of the order of protocol.md.
+        ProtocolError: events out of the order of docs/protocol.md.
     """
     sent = time.monotonic()
     started: Started | None = None
@@ -67,7 +67,10 @@ def receive(events: Iterable[Event], output_dir: Path, on_event: Callable[[Event
         saved = None
         if isinstance(event, Failed):
             raise server_error(event)
-        if isinstance(event, Started):
+        if isinstance(event, Queued):
+            if started is not None:
+                raise ProtocolError("a queued event after the start event")
+        elif isinstance(event, Started):
             started = event
         elif started is None:
             raise ProtocolError(f"expected a start event first, got {type(event).__name__}")

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from client.concat import concatenate
 from client.errors import EXIT_USAGE, ClientError, run_cli
-from client.events import Event, Progress, Segment, Started
+from client.events import Event, Progress, Queued, Segment, Started
 from client.request import http_client, request_body, request_parser
 from client.stream import Received, receive, stream_events
 
@@ -27,7 +27,7 @@ DESCRIPTION = (
     "Stream a talking-avatar video from the service. Each segment is saved as DIR/segment_000.mp4, "
     "segment_001.mp4, ... as soon as it arrives; each plays on its own."
 )
-TIMEOUT_HELP = "longest wait for the server to send anything; it sends a keep-alive every 15 s"
+TIMEOUT_HELP = "longest wait for the server to send anything; it sends a keep-alive every 15 s, also while the request is queued"
 VIDEO_NAME = "video.mp4"
 
 
@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class ProgressBar:
-    """Prints each saved segment; on a terminal also a tqdm bar over all denoising steps of all segments.
+    """Prints each saved segment; on a terminal also a tqdm bar over all denoising steps of all segments,
+    which reads "queued" while every generator is busy.
 
     The server denoises segment k+1 while it encodes segment k, so progress of the next segment may come
     before the previous segment's event: the bar only moves forward.
@@ -61,13 +62,21 @@ class ProgressBar:
         self._segments = self._steps = 1
 
     def __call__(self, event: Event, saved: Path | None) -> None:
-        if isinstance(event, Started):
+        if isinstance(event, Queued):
+            ahead = "" if event.ahead is None else f", {event.ahead} ahead"
+            print(f"queued request {event.request_id}: waiting for a free generator{ahead}", flush=True)
+            if self._bar is None:
+                self._bar = tqdm(total=None, unit="step", disable=None, file=sys.stderr, bar_format="{desc}")
+            self._bar.set_description(f"queued{ahead}")
+        elif isinstance(event, Started):
             self._segments, self._steps = event.total_segments, event.num_steps or 1
             print(
                 f"started request {event.request_id}: {event.total_segments} segments, {event.num_frames} frames "
                 f"({event.duration_s:.2f} s) at {event.width}x{event.height}, backend {event.backend}",
                 flush=True,
             )
+            if self._bar is not None:  # the "queued" line
+                self._bar.close()
             # disable=None: a bar on a terminal only, so that logs and pipes get the plain lines
             self._bar = tqdm(total=self._segments * self._steps, unit="step", disable=None, file=sys.stderr)
             self._bar.set_description(f"segment 1/{self._segments} step 0/{self._steps}")

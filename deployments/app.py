@@ -14,7 +14,7 @@ from ray.serve import Application
 
 from deployments.generator import AvatarGenerator
 from deployments.ingress import AvatarIngress
-from deployments.serving import StreamOptions
+from deployments.options import StreamOptions
 from model.config import PROJECT_ROOT, load_model_config
 from model.media import EncodingOptions
 from model.request import RequestLimits
@@ -36,7 +36,7 @@ class AppArgs(BaseModel):
     limits: RequestLimits = RequestLimits()
     encoding: EncodingOptions = EncodingOptions()
     stream: StreamOptions = StreamOptions()
-    load_timeout_s: float = Field(3600.0, description="A backend still loading after this long is reported as failed")
+    load_timeout_s: float = Field(3600.0, description="A replica whose backend is still loading after this long is replaced")
     generator: dict[str, Any] = Field(default_factory=dict, description="Serve options for AvatarGenerator")
     ingress: dict[str, Any] = Field(default_factory=dict, description="Serve options for AvatarIngress")
 
@@ -57,5 +57,7 @@ def build_app(args: AppArgs) -> Application:
         config = dataclasses.replace(config, options={**config.options, "model_dir": model_dir})
     if config.backend != args.backend:
         raise ValueError(f"args.backend is {args.backend!r} but {config.source} configures backend {config.backend!r}")
-    generator = AvatarGenerator.options(**args.generator).bind(config, args.encoding, load_timeout_s=args.load_timeout_s)
+    generator = AvatarGenerator.options(**args.generator).bind(
+        config, args.encoding, load_timeout_s=args.load_timeout_s, options=args.stream
+    )
     return AvatarIngress.options(**args.ingress).bind(generator, config, args.limits, args.stream)

@@ -16,6 +16,20 @@ from model.errors import NotReadyError, RequestError
 logger = logging.getLogger("ray.serve")
 
 
+class QueueTimeout(Exception):
+    """No generator took the request within max_queue_wait_s."""
+
+    def __init__(self, waited_s: float) -> None:
+        super().__init__(f"no generator was free within {waited_s:g} s; retry later")
+
+
+class ReplicaStalled(Exception):
+    """The generator made no step progress for stall_timeout_s."""
+
+    def __init__(self, stall_timeout_s: float) -> None:
+        super().__init__(f"the generator made no progress for {stall_timeout_s:g} s and is being replaced; retry")
+
+
 @dataclass(frozen=True)
 class ServiceError:
     """What the client is told."""
@@ -41,15 +55,17 @@ def as_service_error(error: BaseException, retry_after_s: int, request_id: str |
         return ServiceError(503, "overloaded", "all generators are busy and the queue is full; retry later", retry_after_s=retry_after_s)
     if isinstance(cause, DeploymentUnavailableError):
         return ServiceError(503, "unavailable", "the generator deployment is not available; retry later", retry_after_s=retry_after_s)
+    if isinstance(cause, QueueTimeout):
+        return ServiceError(503, "queue_timeout", str(cause), retry_after_s=retry_after_s)
+    if isinstance(cause, ReplicaStalled):
+        return ServiceError(503, "replica_stalled", str(cause), retry_after_s=retry_after_s)
     if isinstance(cause, RayActorError):
         return ServiceError(503, "replica_lost", "the generator replica stopped during the request; retry", retry_after_s=retry_after_s)
     logger.error("request %s failed: %s", request_id, cause, exc_info=cause)
-    return ServiceError(500, "generation_failed", f"generation failed ({type(cause).__name__}: {str(cause)[:300]}); request {request_id}")
+    return ServiceError(500, "generation_failed", f"the video could not be generated; the service log has the details of request {request_id}")
 
 
-def error_response(error: ServiceError, request_id: str | None = None) -> JSONResponse:
-    """The JSON error of protocol.md, with Retry-After for 503s."""
+def error_response(error: ServiceError) -> JSONResponse:
+    """The JSON error of docs/protocol.md, with Retry-After for 503s (Serve adds the one X-Request-ID header)."""
     headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else {}
-    if request_id:
-        headers["X-Request-ID"] = request_id
     return JSONResponse({"success": False, "error": error.to_dict()}, status_code=error.status, headers=headers)

@@ -16,6 +16,7 @@ class GenerationJob:
     request_id: str
     request: GenerateRequest
     plan: SegmentPlan
+    caller: Any = None  # the ingress replica's actor handle: a generator stops the job once it is gone
 
 
 @dataclass(frozen=True)

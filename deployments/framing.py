@@ -1,10 +1,8 @@
-"""Wire framing of protocol.md: the same events as Server-Sent Events or as NDJSON lines."""
+"""Wire framing of docs/protocol.md: the same events as Server-Sent Events or as NDJSON lines."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 
@@ -23,6 +21,7 @@ class Framing(Protocol):
     media_type: str
     keepalive: bytes
 
+    def queued(self, payload: dict[str, Any]) -> bytes: ...
     def start(self, payload: dict[str, Any]) -> bytes: ...
     def progress(self, payload: dict[str, Any]) -> bytes: ...
     def segment(self, payload: dict[str, Any]) -> bytes: ...
@@ -31,10 +30,13 @@ class Framing(Protocol):
 
 
 class SseFraming:
-    """`text/event-stream`: events start, progress, segment, complete or error; comments keep it alive."""
+    """`text/event-stream`: events queued, start, progress, segment, complete or error; comments keep it alive."""
 
     media_type = "text/event-stream"
     keepalive = b": keep-alive\n\n"
+
+    def queued(self, payload: dict[str, Any]) -> bytes:
+        return sse_event("queued", payload)
 
     def start(self, payload: dict[str, Any]) -> bytes:
         return sse_event("start", payload)
@@ -58,6 +60,9 @@ class NdjsonFraming:
     media_type = "application/x-ndjson"
     keepalive = b"\n"
 
+    def queued(self, payload: dict[str, Any]) -> bytes:
+        return ndjson_line({"status": "queued", **payload})
+
     def start(self, payload: dict[str, Any]) -> bytes:
         return ndjson_line({"status": "started", "streaming": True, **payload})
 
@@ -72,30 +77,3 @@ class NdjsonFraming:
 
     def error(self, error: dict[str, Any]) -> bytes:
         return ndjson_line({"status": "error", "error": error, "final": True})
-
-
-HEARTBEAT = object()
-
-
-async def with_heartbeat(items: AsyncIterator[Any], interval_s: float) -> AsyncIterator[Any]:
-    """`items`, with HEARTBEAT whenever nothing arrived for `interval_s` seconds.
-
-    Waits with asyncio.wait, not wait_for, so the pending __anext__ is not cancelled by a heartbeat.
-    """
-    iterator = items.__aiter__()
-    pending = asyncio.ensure_future(iterator.__anext__())
-    try:
-        while True:
-            done, _ = await asyncio.wait({pending}, timeout=interval_s)
-            if not done:
-                yield HEARTBEAT
-                continue
-            try:
-                item = pending.result()
-            except StopAsyncIteration:
-                return
-            yield item
-            pending = asyncio.ensure_future(iterator.__anext__())
-    finally:
-        if not pending.done():
-            pending.cancel()

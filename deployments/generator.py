@@ -1,11 +1,16 @@
-"""AvatarGenerator: the model deployment. A shim that loads a backend, runs each job through the thread
-bridge and streams Accepted, then Progress and EncodedSegment events, as an async generator."""
+"""AvatarGenerator: the model deployment. Loads a backend before Serve routes to it, runs each job through
+the thread bridge and streams Accepted, then Progress and EncodedSegment events, as an async generator.
+
+Serve routes requests to a replica once its async __init__ has returned, so __init__ returns only after the
+backend has loaded and warmed up; a failed or timed-out load raises there and Serve starts another replica.
+check_health fails while a generation makes no step progress for `stall_timeout_s`, so Serve replaces a
+replica whose GPU work hangs. A job whose ingress replica died is stopped within `orphan_check_s`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -13,28 +18,23 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ray import serve
+from ray.exceptions import RayActorError
 
 from deployments.events import Accepted, EncodedSegment, GenerationJob, Progress
+from deployments.health import publish_backend
 from deployments.metrics import GeneratorMetrics
+from deployments.options import StreamOptions
 from deployments.pipeline import SegmentPipeline
 from model.backend import AvatarBackend, backend_class
 from model.config import ModelConfig
-from model.errors import NotReadyError
 from model.media import EncodingOptions
 
 logger = logging.getLogger("ray.serve")
 RECENT_REQUESTS = 256
 
 
-class _LatestMessage(logging.Handler):
-    """Keeps the last message a backend logs while it loads: its load progress for /health."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.latest: str | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.latest = record.getMessage()
+class OrphanedJob(Exception):
+    """The ingress replica that submitted the job is gone: nobody reads its stream."""
 
 
 @dataclass
@@ -50,70 +50,54 @@ class RequestRecord:
     segment_encode_s: list[float] = field(default_factory=list)
     compute_idle_s: float = 0.0  # compute thread waiting on the encoder
     cancel_requested: bool = False
+    others_running_at_start: int = 0  # generations of this replica whose threads had not ended (expected 0)
 
 
 @serve.deployment(name="AvatarGenerator", ray_actor_options={"num_cpus": 1})
 class AvatarGenerator:
-    """Loads the configured backend in the background, then generates one job per call."""
+    """Loads the configured backend, then generates one job per call."""
 
-    def __init__(
+    async def __init__(
         self,
         config: ModelConfig,
         encoding: EncodingOptions,
         backend_cls: type[AvatarBackend] | None = None,
         load_timeout_s: float = 3600.0,
+        options: StreamOptions = StreamOptions(),
     ) -> None:
-        self._config = config
         self._encoding = encoding
-        self._backend_cls = backend_cls or backend_class(config.backend)
-        self._load_timeout_s = load_timeout_s
-        self._backend: AvatarBackend | None = None
-        self._load_error: str | None = None
-        self._load_started = time.monotonic()
-        self._load_s: float | None = None
-        self._load_progress = _LatestMessage()
+        self._options = options
         self._metrics = GeneratorMetrics()
         self._recent: OrderedDict[str, RequestRecord] = OrderedDict()
-        threading.Thread(target=self._load, name="backend-load", daemon=True).start()
+        self._running: set[SegmentPipeline] = set()  # pipelines whose threads may still run
+        self._one_at_a_time = asyncio.Lock()  # Serve frees a cancelled call's slot before its threads end
+        self._last_progress = time.monotonic()
+        self._backend = await self._load(config, backend_cls or backend_class(config.backend), load_timeout_s)
+        replica = serve.get_replica_context()
+        await asyncio.to_thread(publish_backend, replica.app_name, replica.deployment, self._backend.describe())
 
-    def _load(self) -> None:
-        model_logger = logging.getLogger("model")  # backends log their load stages there
-        model_logger.setLevel(logging.INFO)
-        model_logger.addHandler(self._load_progress)
-        try:
-            logger.info("loading backend %r from %s", self._config.backend, self._config.source)
-            backend = self._backend_cls(self._config)
+    @staticmethod
+    async def _load(config: ModelConfig, backend_cls: type[AvatarBackend], timeout_s: float) -> AvatarBackend:
+        def load() -> AvatarBackend:
+            logging.getLogger("model").setLevel(logging.INFO)  # backends log their load stages there
+            backend = backend_cls(config)
             backend.warm_up()
-            self._load_s = time.monotonic() - self._load_started
-            self._backend = backend
-            logger.info("backend %r ready after %.1f s", self._config.backend, self._load_s)
-        except Exception as error:
-            self._load_error = f"{type(error).__name__}: {error}"
-            logger.exception("backend %r failed to load", self._config.backend)
-        finally:
-            model_logger.removeHandler(self._load_progress)
+            return backend
 
-    @property
-    def _state(self) -> str:
-        if self._backend is not None:
-            return "ready"
-        if self._load_error is not None:
-            return "failed"
-        if time.monotonic() - self._load_started > self._load_timeout_s:
-            return "timed_out"
-        return "loading"
+        started = time.monotonic()
+        logger.info("loading backend %r from %s", config.backend, config.source)
+        try:
+            backend = await asyncio.wait_for(asyncio.to_thread(load), timeout_s)
+        except asyncio.TimeoutError:
+            raise RuntimeError(f"the {config.backend} backend did not load within {timeout_s:g} s") from None
+        logger.info("backend %r ready after %.1f s", config.backend, time.monotonic() - started)
+        return backend
 
-    async def describe(self) -> dict[str, Any]:
-        """The backend and its state, for /health."""
-        info = self._backend.describe() if self._backend else {"backend": self._config.backend}
-        return {
-            **info,
-            "state": self._state,
-            "error": self._load_error,
-            "load_s": None if self._load_s is None else round(self._load_s, 2),
-            "load_progress": None if self._backend else self._load_progress.latest,
-            "config": self._config.source,
-        }
+    async def check_health(self) -> None:
+        """Serve replaces the replica after a few failures: here, a generation without step progress."""
+        idle_s = time.monotonic() - self._last_progress
+        if self._running and idle_s > self._options.stall_timeout_s:
+            raise RuntimeError(f"no step progress for {idle_s:.0f} s (stall_timeout_s {self._options.stall_timeout_s:g})")
 
     async def request_status(self, request_id: str) -> dict[str, Any] | None:
         """What became of a recent request (state, steps done after cancel, ...), or None."""
@@ -121,20 +105,27 @@ class AvatarGenerator:
         return None if record is None else asdict(record)
 
     async def generate(self, job: GenerationJob) -> AsyncIterator[Accepted | Progress | EncodedSegment]:
-        """Accepted at once, then Progress and EncodedSegment events; stops within a step on cancel."""
-        backend = self._ready_backend()
+        """Accepted once no other generation runs here, then Progress and EncodedSegment events; stops within a
+        step on cancel, and lets the next generation start only once the compute and encode threads ended."""
+        async with self._one_at_a_time:
+            async for event in self._generate(job):
+                yield event
+
+    async def _generate(self, job: GenerationJob) -> AsyncIterator[Accepted | Progress | EncodedSegment]:
         record = self._track(job.request_id)
-        yield Accepted(request_id=job.request_id, backend=backend.describe())
+        record.others_running_at_start = len(self._running)
+        yield Accepted(request_id=job.request_id, backend=self._backend.describe())
 
         def on_step(_: Progress) -> None:
+            self._last_progress = time.monotonic()
             record.steps += 1
             if record.cancel_requested:
                 record.steps_after_cancel += 1
 
-        def on_stop(outcome: str) -> None:
-            record.state = outcome
-
-        pipeline = SegmentPipeline(backend, job, self._encoding, on_step=on_step, on_stop=on_stop)
+        pipeline = SegmentPipeline(self._backend, job, self._encoding, on_step=on_step)
+        self._running.add(pipeline)
+        self._last_progress = time.monotonic()
+        watch = asyncio.ensure_future(self._watch_caller(job, pipeline))
         try:
             async for event in pipeline.events():
                 if isinstance(event, EncodedSegment):
@@ -144,28 +135,38 @@ class AvatarGenerator:
                     self._metrics.segment_seconds.observe(event.compute_s)
                     self._metrics.encode_seconds.observe(event.encode_s)
                 yield event
-        except asyncio.CancelledError:
-            record.cancel_requested = True
+            record.state = "completed"
+        except (asyncio.CancelledError, GeneratorExit, OrphanedJob) as stop:
+            record.state, record.cancel_requested = "cancelled", True
             self._metrics.cancelled.inc()
-            logger.info("request %s cancelled by the client after %d segments", job.request_id, record.segments)
+            why = "because its ingress is gone" if isinstance(stop, OrphanedJob) else "by the client"
+            logger.info("request %s cancelled %s after %d segments", job.request_id, why, record.segments)
             raise
         except Exception:
+            record.state = "failed"
             self._metrics.failed.inc()
             raise
         finally:
+            watch.cancel()
             record.compute_idle_s = pipeline.compute_idle_s
-            pipeline.cancel()  # a no-op after completion; stops the threads on any other exit
+            try:
+                await pipeline.stop()
+            finally:
+                self._running.discard(pipeline)
 
-    def _ready_backend(self) -> AvatarBackend:
-        if self._backend is not None:
-            return self._backend
-        state = self._state
-        if state == "loading":
-            waited = time.monotonic() - self._load_started
-            raise NotReadyError(f"the {self._config.backend} backend is still loading ({waited:.0f} s so far); retry shortly")
-        if state == "timed_out":
-            raise NotReadyError(f"the {self._config.backend} backend did not load within {self._load_timeout_s:.0f} s", 30)
-        raise NotReadyError(f"the {self._config.backend} backend failed to load: {self._load_error}", 60)
+    async def _watch_caller(self, job: GenerationJob, pipeline: SegmentPipeline) -> None:
+        """Stop the job once the ingress replica that reads its stream has died."""
+        if job.caller is None:
+            return
+        while True:
+            await asyncio.sleep(self._options.orphan_check_s)
+            try:
+                await asyncio.wait_for(job.caller.__ray_ready__.remote(), self._options.orphan_check_s)
+            except RayActorError:
+                pipeline.fail(OrphanedJob(f"the ingress of request {job.request_id} is gone"))
+                return
+            except asyncio.TimeoutError:  # a busy ingress is not a dead one
+                continue
 
     def _track(self, request_id: str) -> RequestRecord:
         record = RequestRecord(request_id)

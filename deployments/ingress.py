@@ -1,4 +1,4 @@
-"""AvatarIngress: the HTTP routes of protocol.md. Each route is a line or two; the logic is in serving.py.
+"""AvatarIngress: the HTTP routes of docs/protocol.md. Each route is a line or two; the logic is in serving.py.
 
 No `from __future__ import annotations` here: FastAPI must see the real `Request` annotation.
 """
@@ -15,9 +15,11 @@ from starlette.staticfiles import StaticFiles
 
 from deployments.errors import ServiceError, error_response
 from deployments.framing import NdjsonFraming, SseFraming
-from deployments.serving import AvatarService, StreamOptions
+from deployments.options import StreamOptions
+from deployments.serving import AvatarService
 from model.config import GenerationDefaults, ModelConfig
 from model.request import RequestLimits, request_schema
+from model.responses import openapi_responses
 
 STATIC_DIR = Path(__file__).with_name("static")
 BODY_SCHEMA = request_schema(RequestLimits(), GenerationDefaults())  # made this deployment's limits and defaults in __init__
@@ -59,20 +61,20 @@ class AvatarIngress:
 
     @app.get("/health")
     async def health(self) -> Response:
-        """Service and backend state: 200 when the model is loaded, 503 while loading or after a failed load."""
+        """Service state from Serve's view of the generators: 200 when one can generate, 503 JSON otherwise."""
         return await self.service.health()
 
-    @app.post("/generate-stream", openapi_extra=GENERATE_BODY)
+    @app.post("/generate-stream", openapi_extra=GENERATE_BODY, responses=openapi_responses("text/event-stream"))
     async def generate_stream(self, request: Request) -> Response:
-        """Server-Sent Events: start, progress, one segment event per MP4 segment, then complete or error."""
+        """Server-Sent Events: queued while waiting, start, progress, one segment event per MP4 segment, then complete or error."""
         return await self.service.stream(request, SseFraming(), route="sse")
 
-    @app.post("/generate-stream-chunked", openapi_extra=GENERATE_BODY)
+    @app.post("/generate-stream-chunked", openapi_extra=GENERATE_BODY, responses=openapi_responses("application/x-ndjson"))
     async def generate_stream_chunked(self, request: Request) -> Response:
         """NDJSON: one JSON object per line with the same information as the SSE events."""
         return await self.service.stream(request, NdjsonFraming(), route="ndjson")
 
-    @app.post("/generate", openapi_extra=GENERATE_BODY)
+    @app.post("/generate", openapi_extra=GENERATE_BODY, responses=openapi_responses(None))
     async def generate(self, request: Request) -> Response:
         """The whole video as one MP4 (base64 in JSON), once every segment is done."""
         return await self.service.whole_video(request)

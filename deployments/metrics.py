@@ -8,9 +8,14 @@ SECONDS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600]
 
 
 class IngressMetrics:
-    """What a client sees: time to first segment, segments sent, requests by outcome, rejections."""
+    """What a client sees: time in the queue, time to first segment, segments sent, requests by outcome, rejections."""
 
     def __init__(self) -> None:
+        self.queue_wait = Histogram(
+            "avatar_queue_wait_seconds",
+            description="From request arrival to a generator taking it",
+            boundaries=SECONDS,
+        )
         self.time_to_first_segment = Histogram(
             "avatar_time_to_first_segment_seconds",
             description="From request arrival to the first segment handed to the client",
@@ -38,5 +43,5 @@ class GeneratorMetrics:
         self.encode_seconds = Histogram(
             "avatar_segment_encode_seconds", description="MP4 encoding time per segment", boundaries=SECONDS
         )
-        self.cancelled = Counter("avatar_requests_cancelled", description="Generations stopped because the client left")
+        self.cancelled = Counter("avatar_requests_cancelled", description="Generations stopped because the client left or its ingress died")
         self.failed = Counter("avatar_generations_failed", description="Generations that raised an error")

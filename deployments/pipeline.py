@@ -3,7 +3,8 @@ and their output as an async iterator of events.
 
 The compute thread hands each segment to the encoder through a queue of one, so segment k is encoded while
 segment k + 1 is computed and at most one finished segment waits; events reach the event loop through
-call_soon_threadsafe. cancel() stops both threads at their next check (one denoising step at most).
+call_soon_threadsafe. stop() cancels both threads at their next check (one denoising step at most) and
+returns once they have ended, so a GPU never runs two generations because a cancelled one was still on it.
 """
 
 from __future__ import annotations
@@ -42,14 +43,12 @@ class SegmentPipeline:
         job: GenerationJob,
         encoding: EncodingOptions,
         on_step: Callable[[Progress], None] = lambda _: None,
-        on_stop: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.job = job
         self.cancel_token = CancelToken()
         self._backend = backend
         self._encoding = encoding
         self._on_step = on_step
-        self._on_stop = on_stop  # called from the compute thread with "completed", "cancelled" or "failed"
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue = asyncio.Queue()
         self._to_encoder: queue.Queue = queue.Queue(maxsize=1)
@@ -71,8 +70,29 @@ class SegmentPipeline:
                 raise item.error
             yield item
 
-    def cancel(self) -> None:
+    def fail(self, error: BaseException) -> None:
+        """Stop the threads and make events() raise `error` (call on the event loop)."""
         self.cancel_token.cancel()
+        self._events.put_nowait(_Failed(error))
+
+    async def stop(self) -> None:
+        """Cancel, and return only once both threads have ended, even if the awaiting task is cancelled meanwhile
+        (the cancellation is raised afterwards)."""
+        self.cancel_token.cancel()
+        joined = asyncio.ensure_future(asyncio.to_thread(self._join))
+        interrupted = False
+        while not joined.done():
+            try:
+                await asyncio.shield(joined)
+            except asyncio.CancelledError:
+                interrupted = True
+        if interrupted:
+            raise asyncio.CancelledError()
+
+    def _join(self) -> None:
+        for thread in self._threads:
+            if thread.ident is not None:  # started
+                thread.join()
 
     # -- threads --------------------------------------------------------------------------------------------
 
@@ -92,12 +112,10 @@ class SegmentPipeline:
                 self._hand_to_encoder((segment, time.monotonic() - started))
                 started = time.monotonic()
         except GenerationCancelled:
-            self._on_stop("cancelled")
             return
         except BaseException as error:  # the encoder thread reports it after the segments before it
             logger.exception("request %s: generation failed", self.job.request_id)
             outcome = _Failed(error)
-        self._on_stop("failed" if isinstance(outcome, _Failed) else "completed")
         try:
             self._hand_to_encoder(outcome)
         except GenerationCancelled:

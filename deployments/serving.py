@@ -1,5 +1,6 @@
-"""AvatarService: one request's way through the ingress. Validate at the door, plan, open the generator's
-stream and await its Accepted item (the last moment for a real 4xx/503), then frame the events."""
+"""AvatarService: one request's way through the ingress. Read and validate at the door, plan, submit to the
+generators and wait briefly for one to accept (the last moment for a real 4xx/503); a request still waiting
+then streams `queued` until a generator takes it, and every later failure is the stream's error event."""
 
 from __future__ import annotations
 
@@ -10,190 +11,268 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import ray
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from deployments.errors import as_service_error, error_response
+from deployments.body import read_body
+from deployments.errors import QueueTimeout, ReplicaStalled, as_service_error, error_response
 from deployments.events import Accepted, EncodedSegment, GenerationJob, Progress
-from deployments.framing import HEARTBEAT, Framing, with_heartbeat
+from deployments.framing import Framing
+from deployments.health import GeneratorWatch
 from deployments.metrics import IngressMetrics
+from deployments.options import StreamOptions
+from deployments.ticker import TIMEOUT, Ticker
 from model.config import ModelConfig
+from model.errors import NotReadyError, RequestError
 from model.media import concatenate_segments
 from model.plan import SegmentPlan, plan_segments
-from model.request import RequestLimits, body_too_large, check_content_type, parse_request
+from model.request import RequestLimits, check_content_type, parse_request
 
 logger = logging.getLogger("ray.serve")
 REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
 
 
-@dataclass(frozen=True)
-class StreamOptions:
-    """How the ingress talks to clients (serve_config.yaml `args.stream`)."""
-
-    keepalive_s: float = 15.0  # SSE comment / empty NDJSON line while a segment computes
-    retry_after_s: int = 5  # Retry-After of a 503
-    health_timeout_s: float = 2.0  # how long /health waits for a busy generator before using its last answer
-
-
-@dataclass(frozen=True, eq=False)
-class Started:
-    """An admitted request: its job, the open generator stream and when it arrived."""
+@dataclass(eq=False)
+class Submission:
+    """A validated request handed to the generators: its job, its open stream, and the generator's Accepted
+    once one took it."""
 
     job: GenerationJob
     stream: DeploymentResponseGenerator
-    accepted: Accepted
     arrived: float
+    items: Ticker = field(init=False)
+    accepted: Accepted | None = None
+
+    def __post_init__(self) -> None:
+        self.items = Ticker(self.stream)
 
     @property
     def plan(self) -> SegmentPlan:
         return self.job.plan
+
+    def close(self) -> None:
+        self.items.close()
+        self.stream.cancel()
+
+
+def _own_actor() -> Any:
+    """This replica's actor handle (None outside an actor, e.g. in local testing mode)."""
+    try:
+        return ray.get_runtime_context().current_actor
+    except Exception:
+        return None
 
 
 class AvatarService:
     """The ingress's logic, behind routes of a few lines."""
 
     def __init__(self, generator: DeploymentHandle, config: ModelConfig, limits: RequestLimits, options: StreamOptions) -> None:
-        self._generator = generator
         self._stream_handle = generator.options(stream=True, method_name="generate")
+        self._generators = GeneratorWatch(generator.app_name, generator.deployment_name, options.health_timeout_s)
+        self._caller = _own_actor()
         self.config = config
         self.limits = limits
         self.options = options
         self.metrics = IngressMetrics()
-        self._last_backend_info: dict[str, Any] = {"backend": config.backend, "state": "unknown"}
+        self._waiting: dict[str, None] = {}  # ids of submitted requests no generator took yet, oldest first
 
     # -- routes ----------------------------------------------------------------------------------------------
 
     async def health(self) -> JSONResponse:
-        info = await self._backend_info()
-        ready = info.get("state") == "ready"
-        status = "healthy" if ready else ("loading" if info.get("state") in ("loading", "unknown") else "unhealthy")
+        replicas = await self._generators.replicas()
         body = {
-            "status": status,
-            "model_loaded": ready,
+            "status": replicas.status,
+            "model_loaded": replicas.ready > 0,
             "streaming_supported": True,
-            **info,
+            "backend": self.config.backend,
+            **replicas.backend,
+            "generators": replicas.to_dict(),
+            "error": replicas.error,
+            "queued": len(self._waiting),
             "defaults": asdict(self.config.generation),
             "limits": asdict(self.limits),
         }
-        return JSONResponse(body, status_code=200 if ready else 503)
+        headers = {} if replicas.ready else {"Retry-After": str(self.options.retry_after_s)}
+        return JSONResponse(body, status_code=200 if replicas.ready else 503, headers=headers)
 
     async def stream(self, http_request: Request, framing: Framing, route: str) -> Response:
-        started = await self._admit_or_error(http_request)
-        if isinstance(started, Response):
-            return started
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-ID": started.job.request_id}
-        return StreamingResponse(self._framed(started, framing, route), media_type=framing.media_type, headers=headers)
+        submission = await self._submit_or_error(http_request, self.options.queued_after_s)
+        if isinstance(submission, Response):
+            return submission
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(self._framed(submission, framing, route), media_type=framing.media_type, headers=headers)
 
     async def whole_video(self, http_request: Request) -> Response:
-        started = await self._admit_or_error(http_request)
-        if isinstance(started, Response):
-            return started
-        request_id = started.job.request_id
+        submission = await self._submit_or_error(http_request, self.options.max_queue_wait_s)
+        if isinstance(submission, Response):
+            return submission
+        request_id = submission.job.request_id
         try:
-            segments = [event.mp4 async for event in started.stream if isinstance(event, EncodedSegment)]
+            segments = [event.mp4 async for event in self._events(submission) if isinstance(event, EncodedSegment)]
             video = await asyncio.to_thread(concatenate_segments, segments)
         except Exception as error:
             self.metrics.requests.inc(tags={"route": "generate", "outcome": "failed"})
-            return error_response(as_service_error(error, self.options.retry_after_s, request_id), request_id)
+            return error_response(as_service_error(error, self.options.retry_after_s, request_id))
         finally:
-            started.stream.cancel()
+            submission.close()
         self.metrics.requests.inc(tags={"route": "generate", "outcome": "completed"})
         body = {
             "success": True,
             "request_id": request_id,
             "video_base64": base64.b64encode(video).decode(),
-            **self._summary(started),
+            **self._summary(submission),
         }
-        return JSONResponse(body, headers={"X-Request-ID": request_id})
+        return JSONResponse(body)
 
     # -- admission -------------------------------------------------------------------------------------------
 
-    async def _admit_or_error(self, http_request: Request) -> Started | Response:
-        request_id = self._request_id(http_request)
+    async def _submit_or_error(self, http_request: Request, accept_within_s: float) -> Submission | Response:
+        """A submission (accepted, or for streams possibly still queued), or the JSON error response."""
+        request_id = http_request.headers.get("x-request-id") or uuid.uuid4().hex  # Serve sets one on every request
         try:
-            return await self._admit(http_request, request_id)
+            return await self._submit(http_request, request_id, accept_within_s)
         except Exception as error:
             service_error = as_service_error(error, self.options.retry_after_s, request_id)
             self.metrics.rejected.inc(tags={"code": service_error.code})
             logger.info("request %s refused: %s %s", request_id, service_error.status, service_error.message)
-            return error_response(service_error, request_id)
+            return error_response(service_error)
 
-    async def _admit(self, http_request: Request, request_id: str) -> Started:
+    async def _submit(self, http_request: Request, request_id: str, accept_within_s: float) -> Submission:
         arrived = time.monotonic()
+        if not REQUEST_ID.match(request_id):
+            raise RequestError("invalid_request_id", "X-Request-ID must be 1 to 128 letters, digits, '.', ':', '_' or '-'", status=400)
         check_content_type(http_request.headers.get("content-type"))
-        raw = await self._read_body(http_request)
+        replicas = await self._generators.replicas()
+        if replicas.failed:  # a request would wait for a replica that will not come
+            raise NotReadyError(f"the {self.config.backend} backend failed to load: {replicas.error}", 60)
+        options = self.options
+        raw = await read_body(http_request, self.limits, options.body_timeout_s, options.drain_bytes)
         request = await asyncio.to_thread(parse_request, raw, self.limits, self.config.generation, self.config.planning.fps)
-        job = GenerationJob(request_id=request_id, request=request, plan=plan_segments(request, self.config.planning))
-        stream = self._stream_handle.remote(job)
+        plan = plan_segments(request, self.config.planning)
+        job = GenerationJob(request_id=request_id, request=request, plan=plan, caller=self._caller)
+        submission = Submission(job=job, stream=self._stream_handle.remote(job), arrived=arrived)
+        self._waiting[request_id] = None
         try:
-            accepted = await stream.__anext__()
+            await self._take_accepted(submission, accept_within_s)
         except BaseException:
-            stream.cancel()
+            self._waiting.pop(request_id, None)
+            submission.close()
             raise
-        self._last_backend_info = {**self._last_backend_info, **accepted.backend, "state": "ready"}
-        return Started(job=job, stream=stream, accepted=accepted, arrived=arrived)
+        if submission.accepted is None and accept_within_s >= options.max_queue_wait_s:
+            self._waiting.pop(request_id, None)
+            submission.close()
+            raise QueueTimeout(options.max_queue_wait_s)
+        return submission
 
-    async def _read_body(self, http_request: Request) -> bytes:
-        declared = http_request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.limits.max_body_bytes:
-            raise body_too_large(int(declared), self.limits)
-        chunks, size = [], 0
-        async for chunk in http_request.stream():
-            size += len(chunk)
-            if size > self.limits.max_body_bytes:
-                raise body_too_large(size, self.limits)
-            chunks.append(chunk)
-        return b"".join(chunks)
+    async def _take_accepted(self, submission: Submission, within_s: float) -> None:
+        """Wait up to `within_s` for a generator to accept; on acceptance the submission leaves the queue."""
+        item = await submission.items.next(within_s)
+        if item is TIMEOUT:
+            return
+        submission.accepted = item
+        self._waiting.pop(submission.job.request_id, None)
+        self.metrics.queue_wait.observe(time.monotonic() - submission.arrived)
 
-    @staticmethod
-    def _request_id(http_request: Request) -> str:
-        given = http_request.headers.get("x-request-id", "")
-        return given if REQUEST_ID.match(given) else uuid.uuid4().hex
+    def _ahead(self, request_id: str) -> int:
+        """Requests this ingress submitted earlier that no generator took yet (other ingress replicas' unknown)."""
+        for position, waiting in enumerate(self._waiting):
+            if waiting == request_id:
+                return position
+        return 0
 
     # -- streaming -------------------------------------------------------------------------------------------
 
-    async def _framed(self, started: Started, framing: Framing, route: str) -> AsyncIterator[bytes]:
-        """The stream's bytes; an error after the start becomes the final error event."""
+    async def _framed(self, submission: Submission, framing: Framing, route: str) -> AsyncIterator[bytes]:
+        """The stream's bytes; an error after the response started becomes the final error event."""
         outcome, first_segment = "failed", True
         try:
-            yield framing.start(self._start_payload(started))
-            async for event in with_heartbeat(started.stream, self.options.keepalive_s):
-                if event is HEARTBEAT:
+            if submission.accepted is None:
+                async for chunk in self._queued(submission, framing):
+                    yield chunk
+            yield framing.start(self._start_payload(submission))
+            async for event in self._events(submission):
+                if event is TIMEOUT:
                     yield framing.keepalive
                 elif isinstance(event, Progress):
                     yield framing.progress(asdict(event))
                 elif isinstance(event, EncodedSegment):
                     if first_segment:
-                        self.metrics.time_to_first_segment.observe(time.monotonic() - started.arrived, tags={"route": route})
+                        self.metrics.time_to_first_segment.observe(time.monotonic() - submission.arrived, tags={"route": route})
                         first_segment = False
-                    yield framing.segment(self._segment_payload(event, started.plan))
+                    yield framing.segment(self._segment_payload(event, submission.plan))
                     self.metrics.segments_streamed.inc(tags={"route": route})
-            yield framing.complete(self._summary(started) | {"message": "Video generation completed"})
+            yield framing.complete(self._summary(submission) | {"message": "Video generation completed"})
             outcome = "completed"
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
         except Exception as error:
-            yield framing.error(as_service_error(error, self.options.retry_after_s, started.job.request_id).to_dict())
+            yield framing.error(as_service_error(error, self.options.retry_after_s, submission.job.request_id).to_dict())
         finally:
-            started.stream.cancel()
+            self._waiting.pop(submission.job.request_id, None)
+            submission.close()
             self.metrics.requests.inc(tags={"route": route, "outcome": outcome})
 
-    def _start_payload(self, started: Started) -> dict[str, Any]:
-        plan = started.plan
+    async def _queued(self, submission: Submission, framing: Framing) -> AsyncIterator[bytes]:
+        """`queued` at once and whenever the number ahead changes, keep-alives in between, until a generator
+        accepts; raises QueueTimeout after max_queue_wait_s."""
+        request_id = submission.job.request_id
+        ahead = self._ahead(request_id)
+        yield framing.queued(self._queued_payload(request_id, ahead))
+        deadline = submission.arrived + self.options.max_queue_wait_s
+        while submission.accepted is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise QueueTimeout(self.options.max_queue_wait_s)
+            await self._take_accepted(submission, min(self.options.keepalive_s, remaining))
+            if submission.accepted is None:
+                now_ahead = self._ahead(request_id)
+                yield framing.queued(self._queued_payload(request_id, now_ahead)) if now_ahead != ahead else framing.keepalive
+                ahead = now_ahead
+
+    @staticmethod
+    def _queued_payload(request_id: str, ahead: int) -> dict[str, Any]:
+        return {
+            "message": "Waiting for a free generator",
+            "request_id": request_id,
+            "ahead": ahead,
+            "ahead_scope": "ingress",  # requests queued through other ingress replicas are not counted
+        }
+
+    async def _events(self, submission: Submission) -> AsyncIterator[Progress | EncodedSegment | object]:
+        """The generator's events after Accepted, with TIMEOUT after each `keepalive_s` without one; raises
+        ReplicaStalled when none came for `stall_timeout_s`."""
+        options = self.options
+        last = time.monotonic()
+        while True:
+            wait_s = min(options.keepalive_s, last + options.stall_timeout_s - time.monotonic())
+            try:
+                event = await submission.items.next(wait_s)
+            except StopAsyncIteration:
+                return
+            if event is not TIMEOUT:
+                last = time.monotonic()
+            elif time.monotonic() - last >= options.stall_timeout_s:
+                logger.warning("request %s: no progress for %.0f s; giving up on its generator", submission.job.request_id, options.stall_timeout_s)
+                raise ReplicaStalled(options.stall_timeout_s)
+            yield event
+
+    def _start_payload(self, submission: Submission) -> dict[str, Any]:
+        plan = submission.plan
         return {
             "message": "Video generation started",
-            "request_id": started.job.request_id,
-            **self._video_fields(started),
+            "request_id": submission.job.request_id,
+            **self._video_fields(submission),
             "fps": plan.fps,
             "width": plan.width,
             "height": plan.height,
-            "num_steps": started.job.request.num_steps,
-            "backend": started.accepted.backend.get("backend"),
+            "num_steps": submission.job.request.num_steps,
+            "backend": submission.accepted.backend.get("backend") if submission.accepted else None,
         }
 
     @staticmethod
@@ -211,28 +290,16 @@ class AvatarService:
         }
 
     @staticmethod
-    def _video_fields(started: Started) -> dict[str, Any]:
+    def _video_fields(submission: Submission) -> dict[str, Any]:
         """What the start, complete and whole-video answers all say about the video."""
-        plan = started.plan
+        plan = submission.plan
         return {
             "total_segments": plan.num_segments,
             "num_frames": plan.num_frames,
             "duration_s": round(plan.duration_s, 3),
             "lead_in_s": plan.lead_in_s,
-            "seed": started.job.request.seed,
+            "seed": submission.job.request.seed,
         }
 
-    def _summary(self, started: Started) -> dict[str, Any]:
-        return self._video_fields(started) | {"elapsed_s": round(time.monotonic() - started.arrived, 3)}
-
-    # -- health ----------------------------------------------------------------------------------------------
-
-    async def _backend_info(self) -> dict[str, Any]:
-        """Ask a generator replica; if they are all busy with long streams, use the last answer."""
-        response = self._generator.describe.remote()
-        try:
-            self._last_backend_info = await asyncio.wait_for(response, self.options.health_timeout_s)
-            return self._last_backend_info
-        except Exception:  # busy (timed out or queue full) or unavailable
-            response.cancel()
-            return {**self._last_backend_info, "busy": True}
+    def _summary(self, submission: Submission) -> dict[str, Any]:
+        return self._video_fields(submission) | {"elapsed_s": round(time.monotonic() - submission.arrived, 3)}

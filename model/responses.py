@@ -180,5 +180,5 @@ def openapi_responses(stream_media_type: str | None) -> dict[int | str, dict[str
     else:
         ok = {"description": "The whole video", "content": {"application/json": {"schema": schema_of(VideoResponse)}}}
     error = {"content": {"application/json": {"schema": schema_of(ErrorResponse)}}}
-    reasons = {400: "Not JSON, or not an object", 413: "Body too large", 415: "Not application/json", 422: "An invalid field", 503: "Busy or not ready"}
+    reasons = {400: "Not JSON, or not an object", 408: "The body was not received in time", 413: "Body too large", 415: "Not application/json", 422: "An invalid field", 503: "Busy or not ready"}
     return {200: ok} | {status: {"description": reason, **error} for status, reason in reasons.items()}

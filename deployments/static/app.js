@@ -462,12 +462,18 @@ function handleEvent(run, event) {
   } catch {
     throw new Problem("The stream could not be read", `The service sent an unreadable ${event.type} event.`);
   }
-  const handler = { start: onStart, progress: onProgress, segment: onSegment, complete: onComplete, error: onStreamError }[event.type];
+  const handler = { queued: onQueued, start: onStart, progress: onProgress, segment: onSegment, complete: onComplete, error: onStreamError }[event.type];
   try {
     handler?.(run, data);
   } catch (error) {
     throw error instanceof Problem ? error : new Problem("The stream could not be used", `A ${event.type} event could not be handled: ${error.message}`);
   }
+}
+
+function onQueued(run, queued) {
+  ui.facts.request.textContent = queued.request_id;
+  const ahead = Number.isInteger(queued.ahead) ? ` (${queued.ahead} ${queued.ahead === 1 ? "request" : "requests"} ahead)` : "";
+  setStatus(`Queued: every generator is busy; waiting for a free one${ahead}…`);
 }
 
 function onStart(run, info) {
@@ -547,12 +553,10 @@ function onComplete(run, summary) {
 function onStreamError(run, data) {
   run.outcome = "error";
   const error = data.error || {};
-  showError(
-    "The generation failed",
-    error.message || "The service reported an error without a message.",
-    `${error.code ? `code ${error.code}, ` : ""}after ${run.segments.length} of ${run.info?.total_segments ?? "?"} segments`,
-  );
-  setStatus("The generation failed.");
+  const title = error.code === "queue_timeout" ? "No generator became free in time" : "The generation failed";
+  const when = run.info ? `after ${run.segments.length} of ${run.info.total_segments} segments` : "while the request was queued";
+  showError(title, error.message || "The service reported an error without a message.", `${error.code ? `code ${error.code}, ` : ""}${when}`);
+  setStatus(`${title}.`);
 }
 
 function startPlayback(run) {
@@ -599,7 +603,7 @@ async function checkService() {
     if (health.limits?.max_audio_s) state.maxAudioS = health.limits.max_audio_s;
     const backend = health.backend ? ` (${health.backend} backend)` : "";
     ui.serviceStatus.textContent = response.ok
-      ? `The service is ready${backend}${health.busy ? " but busy: a request may wait" : ""}.`
+      ? `The service is ready${backend}${health.queued ? ` but busy: ${health.queued} waiting, a request may wait` : ""}.`
       : `The service is ${health.status || "not ready"}${backend}${health.error ? `: ${health.error}` : ""}. Generating may fail until it is ready.`;
   } catch {
     ui.serviceStatus.textContent = "The service cannot be reached. Check that it is running, then reload the page.";

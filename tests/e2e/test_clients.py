@@ -116,7 +116,8 @@ def plan(server: str) -> dict[str, Any]:
         events = [json.loads(line.removeprefix("data:")) for line in response.iter_lines() if line.startswith("data:")]
     segments = [event for event in events if "segment_base64" in event]
     assert len(segments) >= 2, f"expected the example to give at least 2 segments, found {len(segments)}"
-    return {"start": events[0], "segments": segments}
+    start = next(event for event in events if event.get("message") == "Video generation started")  # after any `queued`
+    return {"start": start, "segments": segments}
 
 
 @dataclass(frozen=True)
@@ -415,3 +416,21 @@ def test_stream_failures_reach_stderr(tmp_path, case):
     with scripted_server(reply) as url:
         result = run(STREAM, "--server", url, "--prompt", PROMPT, "--output-dir", "out", *args, cwd=tmp_path, timeout=60)
     assert_one_line_error(result, 1, says)
+
+
+@pytest.mark.parametrize("mode", ["sse", "chunked"])
+def test_a_queued_request_says_so(tmp_path, mode):
+    queued = [{"request_id": "scripted", "ahead": 1}, {"request_id": "scripted", "ahead": 0}]
+    timeout = {"code": "queue_timeout", "message": "no generator was free within 600 s; retry later", "field": None}
+    if mode == "sse":
+        chunks = [sse("queued", queued[0]), b": keep-alive\n\n", sse("queued", queued[1]), sse("error", {"error": timeout})]
+        reply = Reply(200, "text/event-stream", chunks)
+    else:
+        chunks = [ndjson({"status": "queued", **queued[0]}), b"\n", ndjson({"status": "queued", **queued[1]}),
+                  ndjson({"status": "error", "error": timeout, "final": True})]
+        reply = Reply(200, "application/x-ndjson", chunks)
+    with scripted_server(reply) as url:
+        result = run(STREAM, "--server", url, "--prompt", PROMPT, "--output-dir", "out", "--mode", mode, cwd=tmp_path, timeout=60)
+    assert_one_line_error(result, 1, f"the stream ended with an error (queue_timeout): {timeout['message']}")
+    expected = ["queued request scripted: waiting for a free generator, 1 ahead", "queued request scripted: waiting for a free generator, 0 ahead"]
+    assert result.stdout.splitlines() == expected, f"expected {expected} on stdout, found {result.stdout!r}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -60,6 +62,15 @@ def stream_types(mp4: bytes) -> list[str]:
         return sorted(s.type for s in container.streams)
 
 
+def after_queued(events: list[Event]) -> list[Event]:
+    """The events from `start` on: a stream may begin with `queued` events (on a loaded machine even when a
+    generator is free), and only there."""
+    started = next((i for i, e in enumerate(events) if e.name != "queued"), len(events))
+    rest = events[started:]
+    assert all(e.name != "queued" for e in rest), f"queued after the start: {[e.name for e in events]}"
+    return rest
+
+
 ROUTES = {"generate-stream": sse_events, "generate-stream-chunked": ndjson_events}
 
 
@@ -72,5 +83,59 @@ def stream_both_ways(url: str, body: dict[str, Any]) -> dict[str, list[Event]]:
                 assert response.status_code == 200, response.read()
                 expected = "text/event-stream" if reader is sse_events else "application/x-ndjson"
                 assert response.headers["content-type"].startswith(expected), response.headers["content-type"]
-                results[route] = list(reader(response))
+                results[route] = after_queued(list(reader(response)))
     return results
+
+
+class BackgroundStream:
+    """A streaming request read on a thread, its events into a queue (SSE events by name, NDJSON lines by their
+    status, keep-alives as `keepalive`), for tests that act while streams run. `leave()` disconnects at the
+    next line the server sends."""
+
+    def __init__(self, url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self.events: queue.Queue[Event] = queue.Queue()
+        self._leave = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(url, body, headers or {}), daemon=True)
+        self._thread.start()
+
+    def _read(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> None:
+        try:
+            with httpx.Client(timeout=120) as http, http.stream("POST", url, json=body, headers=headers) as response:
+                if response.status_code != 200:
+                    self.events.put(Event("http_error", {"status": response.status_code, "body": response.read().decode()}))
+                    return
+                ndjson = response.headers["content-type"].startswith("application/x-ndjson")
+                name = "message"
+                for line in response.iter_lines():
+                    if self._leave.is_set():
+                        return
+                    if ndjson:
+                        self.events.put(Event(json.loads(line)["status"], json.loads(line)) if line.strip() else Event("keepalive", {}))
+                    elif line.startswith(":"):
+                        self.events.put(Event("keepalive", {}))
+                    elif line.startswith("event:"):
+                        name = line[6:].strip()
+                    elif line.startswith("data:"):
+                        self.events.put(Event(name, json.loads(line[5:])))
+            self.events.put(Event("end", {}))
+        except httpx.HTTPError as error:
+            self.events.put(Event("connection_error", {"error": repr(error)}))
+
+    def wait_for(self, name: str, timeout_s: float = 60) -> Event:
+        """The next event called `name` (skipping others); AssertionError if the stream ends or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        seen = []
+        while True:
+            try:
+                event = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {name!r} event within {timeout_s} s; saw {seen[-5:]}") from None
+            if event.name == name:
+                return event
+            seen.append((event.name, event.data))
+            if event.name in ("end", "connection_error", "http_error", "error", "complete", "completed"):
+                raise AssertionError(f"expected a {name!r} event; the stream ended with {event.name}: {event.data}")
+
+    def leave(self, timeout_s: float = 30) -> None:
+        self._leave.set()
+        self._thread.join(timeout_s)

@@ -16,7 +16,7 @@ from tests.integration.streams import decode_frames, segment_bytes, sse_events, 
 
 SPEECH_S = 5.0
 REQUEST = {"prompt": "a person talking", "audio_base64": b64(audio_file(speech_like(SPEECH_S), 16000)), "seed": 7, "num_steps": 2}
-# protocol.md: ceil((lead_in_s + audio_s) * 25) + 1 frames
+# docs/protocol.md: ceil((lead_in_s + audio_s) * 25) + 1 frames
 EXPECTED_FRAMES = math.ceil((0.3 + SPEECH_S) * 25) + 1
 
 

@@ -3,12 +3,15 @@ that fails mid-way ends with an error event."""
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
 import pytest
 
 from tests.helpers import audio_file, b64, speech_like
+from tests.integration.backends import ENCODER_FAILURE
 from tests.integration.conftest import Service
-from tests.integration.streams import ndjson_events, sse_events
+from tests.integration.streams import after_queued, ndjson_events, sse_events
 
 WAV = audio_file(speech_like(1.0), 16000)
 JSON = {"Content-Type": "application/json"}
@@ -69,13 +72,25 @@ REQUEST = {"prompt": "hi", "num_frames": 120, "height": 720, "width": 720, "num_
 def test_failure_mid_stream_ends_with_an_error_event(failing: Service, client: httpx.Client) -> None:
     with client.stream("POST", f"{failing.url}/generate-stream", json=REQUEST) as response:
         assert response.status_code == 200
-        events = list(sse_events(response))  # reads to a clean end of the body: no truncated chunked stream
+        events = after_queued(list(sse_events(response)))  # reads to a clean end of the body: no truncated chunked stream
     names = [e.name for e in events]
     assert names[0] == "start" and names[-1] == "error" and "complete" not in names, names
     assert [e.data["segment_index"] for e in events if e.name == "segment"] == [0]
     error = events[-1].data["error"]
-    assert error["code"] == "generation_failed" and "synthetic failure at segment 1" in error["message"], error
-    assert "Traceback" not in error["message"] and "File " not in error["message"]
+    request_id = response.headers.get_list("x-request-id")
+    assert len(request_id) == 1, f"expected one X-Request-ID header, got {request_id}"
+    assert error["code"] == "generation_failed" and request_id[0] in error["message"], error
+    assert "synthetic" not in error["message"], f"the exception text belongs in the log, not the answer: {error}"
+
+
+def test_encoder_failure_is_recorded_as_failed(failing: Service, client: httpx.Client) -> None:
+    request_id = uuid.uuid4().hex
+    body = {**REQUEST, "prompt": ENCODER_FAILURE}
+    with client.stream("POST", f"{failing.url}/generate-stream", json=body, headers={"X-Request-ID": request_id}) as response:
+        events = list(sse_events(response))
+    assert events[-1].name == "error" and events[-1].data["error"]["code"] == "generation_failed", events[-1]
+    status = failing.generator().request_status.remote(request_id).result(timeout_s=30)
+    assert status["state"] == "failed", f"expected the record to say failed, got {status}"
 
 
 def test_failure_mid_stream_ndjson_and_whole_video(failing: Service, client: httpx.Client) -> None:
@@ -84,3 +99,4 @@ def test_failure_mid_stream_ndjson_and_whole_video(failing: Service, client: htt
     assert last.name == "error" and last.data["final"] is True and last.data["error"]["code"] == "generation_failed", last.data
     response = client.post(f"{failing.url}/generate", json=REQUEST)
     assert response.status_code == 500 and response.json()["error"]["code"] == "generation_failed", response.text
+    assert len(response.headers.get_list("x-request-id")) == 1, response.headers

@@ -108,7 +108,10 @@ def broken_copy(source: Path, target: Path, how: str) -> Path:
 def test_a_replica_that_cannot_load_says_why(base_url: str, tiny_model_dir: Path, tmp_path: Path, client: httpx.Client, how: str, named: str) -> None:
     app = f"broken-{how.replace(' ', '-')}"
     broken = broken_copy(tiny_model_dir, tmp_path / "model", how)
-    serve.run(build_app(omniavatar_app_args(broken)), name=app, route_prefix=f"/{app}")
+    # Serve never sees the app running: the replica's load fails in its constructor, and Serve gives up (at once here)
+    args = omniavatar_app_args(broken)
+    args = args.model_copy(update={"generator": {**args.generator, "max_constructor_retry_count": 1}})
+    serve.run_many([serve.RunTarget(build_app(args), name=app, route_prefix=f"/{app}")], wait_for_applications_running=False)
     url = f"{base_url}/{app}"
     try:
         health = wait_until_loaded(url)

@@ -12,6 +12,7 @@ from client.events import (
     Failed,
     Progress,
     ProtocolError,
+    Queued,
     Segment,
     SseMessage,
     Started,
@@ -96,6 +97,9 @@ def test_sse_resets_the_event_type_after_each_dispatch():
 def test_sse_stream_becomes_typed_events():
     progress = {"segment_index": 0, "step": 2, "num_steps": 4}
     lines = [
+        *sse("queued", {"message": "Waiting for a free generator", "request_id": "r1", "ahead": 2, "ahead_scope": "ingress"}),
+        ": keep-alive",
+        "",
         *sse("start", START),
         ": keep-alive",
         "",
@@ -105,6 +109,7 @@ def test_sse_stream_becomes_typed_events():
     ]
     found = list(read_sse(lines))
     expected = [
+        Queued("r1", 2),
         Started("r1", 2, 25, 720, 400, 159, 6.36, 4, 7, "preview"),
         Progress(0, 2, 4),
         Segment(index=0, total_segments=2, mp4=b"\x00mp4", is_final=False, start_frame=0, num_frames=105, fps=25),
@@ -121,6 +126,7 @@ def test_sse_error_event_and_unknown_events():
 
 def test_ndjson_skips_blank_lines_and_maps_statuses():
     lines = [
+        json.dumps({"status": "queued", "request_id": "r1", "ahead": "unknown"}),
         json.dumps({"status": "started", "streaming": True, **START}),
         "",
         "   ",
@@ -129,7 +135,7 @@ def test_ndjson_skips_blank_lines_and_maps_statuses():
         json.dumps({"status": "error", **ERROR, "final": True}),
     ]
     found = [type(event).__name__ for event in read_ndjson(lines)]
-    assert found == ["Started", "Segment", "Failed"], f"expected ['Started', 'Segment', 'Failed'], found {found}"
+    assert found == ["Queued", "Started", "Segment", "Failed"], f"expected ['Queued', 'Started', 'Segment', 'Failed'], found {found}"
 
 
 @pytest.mark.parametrize(

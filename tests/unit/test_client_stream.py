@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from client.errors import ClientError
-from client.events import Completed, Failed, Progress, ProtocolError, Segment, Started
+from client.events import Completed, Failed, Progress, ProtocolError, Queued, Segment, Started
 from client.stream import receive
 
 STARTED = Started("r1", 2, 25, 720, 400, 159, 6.36, 4, 7, "preview")
@@ -26,9 +26,11 @@ def test_each_segment_is_on_disk_when_its_event_is_handed_on(tmp_path: Path):
         if saved is not None:
             assert saved.read_bytes() == event.mp4, f"expected {saved} to hold segment {event.index}'s bytes"
 
-    events = [STARTED, Progress(0, 1, 4), segment(0, 0, 105), Progress(1, 1, 4), segment(1, 105, 54), COMPLETED]
+    events = [Queued("r1", 1), Queued("r1", 0), STARTED, Progress(0, 1, 4), segment(0, 0, 105), Progress(1, 1, 4), segment(1, 105, 54), COMPLETED]
     received = receive(events, tmp_path, on_event)
     expected = [
+        ("Queued", []),
+        ("Queued", []),
         ("Started", []),
         ("Progress", []),
         ("Segment", ["segment_000.mp4"]),
@@ -62,6 +64,7 @@ def test_a_stream_that_ends_early_is_an_error(tmp_path: Path):
         ([segment(0)], "expected a start event first"),
         ([STARTED, segment(1)], "expected segment 0, got segment 1"),
         ([STARTED, segment(0), COMPLETED], "complete after 1 of 2 segments"),
+        ([STARTED, Queued("r1", 0), segment(0)], "a queued event after the start event"),
     ],
 )
 def test_events_out_of_order_are_a_protocol_error(tmp_path: Path, events, says):

@@ -32,6 +32,7 @@ class RequestLimits:
     max_audio_s: float = 600.0
     max_image_side: int = 4096
     max_prompt_chars: int = 2000
+    max_tea_cache_threshold: float = 0.5
 
 
 class GenerateFields(BaseModel):
@@ -51,6 +52,7 @@ class GenerateFields(BaseModel):
     audio_scale: float | None = Field(None, ge=1, le=20, description="Default: guidance_scale")
     overlap_frame: int | None = Field(None, ge=1, description="1 + 4n, smaller than a segment")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Default: random")
+    tea_cache_threshold: float | None = Field(None, ge=0, description="TeaCache; 0 = off. Default: the model config's")
 
     @field_validator("prompt")
     @classmethod
@@ -84,6 +86,7 @@ class GenerateRequest:
     audio_scale: float | None
     overlap_frame: int
     seed: int
+    tea_cache_threshold: float = 0.0
 
 
 def check_content_type(content_type: str | None) -> None:
@@ -115,6 +118,12 @@ def parse_request(body: bytes, limits: RequestLimits, defaults: GenerationDefaul
         raise RequestError(
             "invalid_field", f"num_frames is {fields.num_frames}; the limit is {max_frames} ({limits.max_audio_s:.0f} s)", "num_frames"
         )
+    if fields.tea_cache_threshold is not None and fields.tea_cache_threshold > limits.max_tea_cache_threshold:
+        raise RequestError(
+            "invalid_field",
+            f"tea_cache_threshold is {fields.tea_cache_threshold}; the limit is {limits.max_tea_cache_threshold}",
+            "tea_cache_threshold",
+        )
     image = None
     if fields.image_base64 is not None:
         image = decode_image(decode_base64(fields.image_base64, "image_base64"), limits.max_image_side)
@@ -134,6 +143,9 @@ def parse_request(body: bytes, limits: RequestLimits, defaults: GenerationDefaul
         audio_scale=defaults.audio_scale if fields.audio_scale is None else float(fields.audio_scale),
         overlap_frame=defaults.overlap_frame if fields.overlap_frame is None else fields.overlap_frame,
         seed=random.randint(0, MAX_SEED) if fields.seed is None else fields.seed,
+        tea_cache_threshold=(
+            defaults.tea_cache_threshold if fields.tea_cache_threshold is None else float(fields.tea_cache_threshold)
+        ),
     )
 
 

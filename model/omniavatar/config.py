@@ -179,6 +179,9 @@ class OmniAvatarOptions:
         tea_model = options.get("tea_cache_model")
         if tea_model is not None and str(tea_model) not in ("14b", "1.3b"):
             raise ValueError(f"options.tea_cache_model must be '14b' or '1.3b', got {tea_model!r}")
+        if options.get("text_kv_cache") and options.get("offload"):
+            raise ValueError("options.text_kv_cache and options.offload cannot be combined (offloaded blocks "
+                             "are on the host when the keys/values are computed)")  # fmt: skip
         root = Path(options["model_dir"]).expanduser() if options.get("model_dir") else None
         located = {k: resolve(root / options[k] if root is not None else Path(options[k])) for k in dirs}
         caches = {k: int(options[k]) for k in ("prompt_cache_size", "reference_cache_size") if k in options}

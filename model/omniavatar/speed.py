@@ -32,7 +32,6 @@ class DitSetup:
     attention: str  # the resolved backend
     compiled: bool
     offload: bool
-    warm_shapes: tuple[tuple[int, int, int], ...]  # latent (T, h, w) run once at load
 
 
 def bucket_latent_shapes(planning: PlanConfig) -> tuple[tuple[int, int, int], ...]:
@@ -64,17 +63,17 @@ def offload_blocks(dit: OmniAvatarTransformer, device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def warm_up_dit(dit: OmniAvatarTransformer, shapes: Iterable[tuple[int, int, int]], text_len: int,
-                device: torch.device, dtype: torch.dtype) -> None:  # fmt: skip
-    """One forward at each latent shape (compiles the blocks for it; picks kernels otherwise)."""
+def warm_up_dit(dit: OmniAvatarTransformer, shapes: Iterable[tuple[int, int, int]], context: torch.Tensor,
+                device: torch.device, dtype: torch.dtype, text_kv: bool = False) -> None:  # fmt: skip
+    """One forward at each latent (T, h, w) in `shapes`, with the text as requests pass it (context or its
+    cached keys/values): compiles the blocks for each shape, or just picks kernels when not compiled."""
     config = dit.config
+    text = dit.text_kv(context) if text_kv else context
     for frames, height, width in shapes:
         x = torch.zeros(1, config.in_channels, frames, height, width, device=device, dtype=dtype)
-        context = torch.zeros(1, text_len, config.text_dim, device=device, dtype=dtype)
-        audio = torch.zeros(1, config.audio_group * frames - config.audio_group + 1, config.audio_dim,
-                            device=device, dtype=dtype)  # fmt: skip
+        audio = torch.zeros(1, config.audio_group * (frames - 1) + 1, config.audio_dim, device=device, dtype=dtype)
         logger.info("warming the DiT up at latent shape %s", (frames, height, width))
-        dit(x, torch.tensor([1000.0], device=device), context, audio)
+        dit(x, torch.tensor([1000.0], device=device), text, audio)
 
 
 def prepare_dit(
@@ -83,16 +82,13 @@ def prepare_dit(
     attention: str = "native",
     compile: bool = False,
     offload: bool = False,
-    warm_shapes: tuple[tuple[int, int, int], ...] = (),
-    text_len: int = 512,
     compile_backend: str = "inductor",
 ) -> DitSetup:
-    """Apply the speed options to a loaded DiT; with `compile`, run it once at every shape in `warm_shapes`."""
+    """Apply the speed options to a loaded DiT (then, with `compile`, call `warm_up_dit` at every shape)."""
     resolved = attention_backend_for(attention, device)
     set_attention(dit, resolved)
     if offload:
         offload_blocks(dit, device)
     if compile:
         compile_blocks(dit, compile_backend)
-        warm_up_dit(dit, warm_shapes, text_len, device, dit.dtype)
-    return DitSetup(resolved, compile, offload, tuple(warm_shapes) if compile else ())
+    return DitSetup(resolved, compile, offload)

@@ -193,14 +193,14 @@ class OmniAvatarOptions:
             **caches,
             attention=attention,
             tea_cache_model=None if tea_model is None else str(tea_model),
-            extra_loras=_extra_loras(options.get("extra_loras") or [], resolve),
+            extra_loras=_extra_loras(options.get("extra_loras") or [], root, resolve),
             text_encoder_device=None if text_device is None else _device(text_device, "text_encoder_device"),
             **{k: _flag(options, k, default) for k, default in flags.items()},
         )
 
 
-def _extra_loras(entries: Any, resolve: Callable[[Path], Path]) -> tuple[ExtraLora, ...]:
-    """`[{path, strength}]` -> ExtraLora entries (paths resolved like the model folders)."""
+def _extra_loras(entries: Any, root: Path | None, resolve: Callable[[Path], Path]) -> tuple[ExtraLora, ...]:
+    """`[{path, strength}]` -> ExtraLora entries (relative paths inside `model_dir`, like the model folders)."""
     if not isinstance(entries, list):
         raise ValueError(f"options.extra_loras must be a list of {{path, strength}}, got {entries!r}")
     loras = []
@@ -210,5 +210,6 @@ def _extra_loras(entries: Any, resolve: Callable[[Path], Path]) -> tuple[ExtraLo
         strength = entry.get("strength", 1.0)
         if isinstance(strength, bool) or not isinstance(strength, (int, float)):
             raise ValueError(f"options.extra_loras[{i}].strength must be a number, got {strength!r}")
-        loras.append(ExtraLora(resolve(Path(str(entry["path"])).expanduser()), float(strength)))
+        path = Path(str(entry["path"])).expanduser()
+        loras.append(ExtraLora(resolve(root / path if root is not None else path), float(strength)))
     return tuple(loras)

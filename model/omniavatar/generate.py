@@ -174,7 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     except RequestError as err:
         sys.exit(f"{err.field or 'request'}: {err.message}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    generate(config, request, args.out, log=lambda *a, **k: print(*a, file=sys.stderr, **k))
+    try:
+        generate(config, request, args.out, log=lambda *a, **k: print(*a, file=sys.stderr, **k))
+    except RequestError as err:
+        sys.exit(f"{err.field or 'request'}: {err.message}")
 
 
 if __name__ == "__main__":

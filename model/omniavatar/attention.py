@@ -63,7 +63,6 @@ def attention_backend_for(choice: str, device: torch.device | str) -> str:
 
 
 def set_attention(model: nn.Module, choice: str) -> None:
-    """Route every attention layer of a diffusers model through the backend of a resolved `choice`."""
-    if choice == "native":
-        return  # diffusers' default: the processors keep dispatching to PyTorch's SDPA
+    """Route every attention layer of a diffusers model through the backend of a resolved `choice`
+    (`native` is diffusers' default dispatch, PyTorch's SDPA, the same kernel as an unset backend)."""
     model.set_attention_backend(BACKENDS[choice].value)

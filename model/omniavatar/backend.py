@@ -21,7 +21,6 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -34,11 +33,12 @@ from model.media.audio import with_lead_in
 from model.media.image import fit_to_bucket
 from model.omniavatar.config import OmniAvatarOptions
 from model.omniavatar.dit import TextKV
-from model.omniavatar.guidance import Guidance, guided_velocity
+from model.omniavatar.guidance import Guidance
 from model.omniavatar.loading import CheckpointFiles, LoadedModels, load_models
+from model.omniavatar.sampling import Conditions, denoise_segment
 from model.omniavatar.scheduler import FlowMatchScheduler
 from model.omniavatar.speed import bucket_latent_shapes, prepare_dit, warm_up_dit
-from model.omniavatar.teacache import COEFFICIENTS, TeaCache, tea_cache_size
+from model.omniavatar.teacache import COEFFICIENTS, tea_cache_size
 from model.plan import SegmentPlan, SegmentSpec
 from model.request import GenerateRequest
 
@@ -106,27 +106,6 @@ class LruCache(Generic[V]):
 
     def __len__(self) -> int:
         return len(self._items)
-
-
-@dataclass(frozen=True)
-class Conditions:
-    """What every DiT call of one request shares."""
-
-    guidance: Guidance
-    context: torch.Tensor | TextKV  # (1, text_len, text_dim), or its cross-attention keys/values
-    negative: torch.Tensor | TextKV | None  # the negative prompt's, when guidance needs it
-    seed: int
-    num_steps: int
-    timesteps: tuple[int, ...] | None = None  # an explicit (distilled) schedule instead of num_steps
-    tea_cache_threshold: float = 0.0
-
-    def scheduler(self) -> FlowMatchScheduler:
-        scheduler = FlowMatchScheduler(shift=5.0)
-        if self.timesteps is not None:
-            scheduler.set_explicit_timesteps(self.timesteps)
-        else:
-            scheduler.set_timesteps(self.num_steps)
-        return scheduler
 
 
 class OmniAvatarBackend(AvatarBackend):
@@ -311,49 +290,21 @@ class OmniAvatarBackend(AvatarBackend):
         cancel: CancelToken,
         on_step: StepCallback,
     ) -> tuple[torch.Tensor, int]:
-        """Steps 3-4 of one segment: seeded noise, then the guided Euler loop with `held` (1, 16, p, h, w)
-        written over the first p latent frames before every step and after the last one.
+        """Steps 3-4 of one segment: seeded noise, then the guided sampler (`sampling.denoise_segment`).
 
         Returns:
-            The latents and the number of DiT forwards that ran the blocks (fewer than steps x passes when
-            TeaCache skips some).
+            The latents and the number of DiT forwards that ran the blocks.
         """
         m = self.models
         # 3. Prepare latents: (1, 16, T, h, w), device-independent noise
         shape = (1, m.config.vae_z_dim, plan.latent_frames, *y.shape[-2:])
         latents = initial_noise(shape, conditions.seed, spec.index).to(device=m.device, dtype=m.dtype)
-        fixed = held.shape[2]
-        scheduler = conditions.scheduler()
-        steps = len(scheduler.timesteps)
-        caches = self._tea_caches(conditions, steps)
-        calls = 0
         # 4. Denoise
-        for i, t in enumerate(scheduler.timesteps):
-            cancel.checkpoint()
-            latents[:, :, :fixed] = held
-            x = torch.cat([latents, y], dim=1)  # (1, 33, T, h, w)
-            timestep = t.reshape(1).to(m.device)  # the DiT casts it to its dtype before the sinusoid
-            branch = iter(caches)  # guided_velocity calls the branches in a fixed order: one cache each
-
-            def velocity(context, audio: torch.Tensor, x=x, timestep=timestep, branch=branch) -> torch.Tensor:
-                return m.dit(x, timestep, context, audio, tea_cache=next(branch))[0]  # (1, 16, T, h, w)
-
-            v = guided_velocity(velocity, conditions.guidance, conditions.context, conditions.negative, window)
-            latents = scheduler.step(v, i, latents)
-            calls += conditions.guidance.num_passes
-            on_step(spec.index, i + 1, steps)
-        latents[:, :, :fixed] = held
-        if caches[0] is not None:
-            calls = sum(cache.computed for cache in caches)
-        return latents, calls
-
-    def _tea_caches(self, conditions: Conditions, steps: int) -> list[TeaCache | None]:
-        """One TeaCache per guidance branch for one segment, or Nones when TeaCache is off."""
-        passes = conditions.guidance.num_passes
-        if conditions.tea_cache_threshold <= 0:
-            return [None] * passes
-        coefficients = COEFFICIENTS[self.tea_cache_model]
-        return [TeaCache(conditions.tea_cache_threshold, coefficients, steps) for _ in range(passes)]
+        coefficients = COEFFICIENTS[self.tea_cache_model] if self.tea_cache_model else None
+        return denoise_segment(
+            m.dit, conditions, latents, y, window, held, coefficients,
+            lambda: cancel.checkpoint(), lambda i, n: on_step(spec.index, i, n),
+        )  # fmt: skip
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

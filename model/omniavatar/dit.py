@@ -194,7 +194,7 @@ class OmniAvatarTransformer(WanTransformer3DModel):
         p_t, p_h, p_w = self.config.patch_size
         rotary_emb = self.rope(hidden_states)
         tokens = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()  # (B, N, D)
-        temb, modulation = self._time_embedding(timestep.to(self.dtype), tokens.dtype)
+        temb, modulation = self.time_embedding(timestep.to(self.dtype), tokens.dtype)
         if isinstance(encoder_hidden_states, TextKV):
             context = encoder_hidden_states
         else:
@@ -216,7 +216,7 @@ class OmniAvatarTransformer(WanTransformer3DModel):
         output = out.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
         return (output,) if not return_dict else Transformer2DModelOutput(sample=output)
 
-    def _time_embedding(self, timestep: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def time_embedding(self, timestep: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(temb (B, D), modulation (B, 6D)) as diffusers' condition embedder computes them."""
         embedder = self.condition_embedder
         sinusoid = embedder.timesteps_proj(timestep)

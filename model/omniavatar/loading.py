@@ -11,7 +11,7 @@ shapes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +46,8 @@ __all__ = [
     "CheckpointError",
     "CheckpointFiles",
     "LoadedModels",
+    "assemble_transformer",
+    "assemble_vae",
     "build_transformer",
     "load_models",
     "load_text_encoder",
@@ -77,29 +79,42 @@ def load_transformer(
     for lora in extra_loras:
         logger.info("reading the extra LoRA %s (strength %g)", lora.path.name, lora.strength)
         deltas.append(lora_delta(read_lora_file(lora.path), shapes, lora.strength, str(lora.path)))
+
+    def chunks() -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+        for number, (shard, tensors) in enumerate(files.iter_dit_tensors(), start=1):
+            logger.info("loading the DiT: %s (%d of %d), LoRA merged", shard.name, number, len(files.dit_shards))
+            chunk, size = {}, 0
+            for key in tensors:
+                if key in full:  # replaced by OmniAvatar (the 16-channel patch embedding)
+                    continue
+                chunk[key] = tensors[key]
+                size += chunk[key].nbytes
+                if size >= LOAD_CHUNK_BYTES:  # a few tensors at a time: peak host memory ~ one copy of the weights
+                    yield str(shard), chunk
+                    chunk, size = {}, 0
+            yield str(shard), chunk
+        yield source, dict(full)
+
+    return assemble_transformer(config, chunks(), deltas, dtype, device, f"{files.base_dir} + {files.omniavatar_dir}")
+
+
+def assemble_transformer(
+    config: OmniAvatarConfig,
+    chunks: Iterable[tuple[str, Mapping[str, torch.Tensor]]],
+    deltas: Sequence[LoraDelta],
+    dtype: torch.dtype,
+    device: torch.device | str,
+    source: str,
+) -> OmniAvatarTransformer:
+    """Build the DiT on meta and fill it from (file, Wan-native tensors) chunks through `convert_dit_tensors`
+    (diffusers' names, `deltas` merged); every parameter must be filled exactly once."""
     with torch.device("meta"):
         model = build_transformer(config)
     filler = Filler(model, f"{config.name} DiT", dtype, device)
-
-    def fill(chunk: dict[str, torch.Tensor], where: str) -> None:
+    for where, chunk in chunks:
         names = dit_key_map(chunk)
         filler.fill(convert_dit_tensors(chunk, deltas, device), where, {names[k]: k for k in chunk})
-
-    for number, (shard, tensors) in enumerate(files.iter_dit_tensors(), start=1):
-        logger.info("loading the DiT: %s (%d of %d), LoRA merged", shard.name, number, len(files.dit_shards))
-        chunk, size = {}, 0
-        for key in tensors:
-            if key in full:  # replaced by OmniAvatar (the 16-channel patch embedding)
-                continue
-            chunk[key] = tensors[key]
-            size += chunk[key].nbytes
-            if size >= LOAD_CHUNK_BYTES:  # a few tensors at a time: peak host memory ~ one copy of the weights
-                fill(chunk, str(shard))
-                chunk, size = {}, 0
-        fill(chunk, str(shard))
-    fill(dict(full), source)
-    filler.finish(f"{files.base_dir} + {files.omniavatar_dir}")
-
+    filler.finish(source)
     model.rope = WanRotaryPosEmbed(config.head_dim, config.patch_size, model.config.rope_max_seq_len).to(device)
     no_meta_left(model, "DiT")
     return model.eval().requires_grad_(False)
@@ -173,12 +188,19 @@ def load_vae(files: CheckpointFiles, config: OmniAvatarConfig, dtype: torch.dtyp
     state = files.vae_state
     layout = wan_vae_shapes(config.vae_base_dim, config.vae_z_dim)
     check_layout({k: tuple(v.shape) for k, v in state.items()}, layout, "Wan VAE", files.vae_path)
-    converted = convert_wan_vae_to_diffusers(state)
+    return assemble_vae(state, config, dtype, device, str(files.vae_path))
+
+
+def assemble_vae(
+    state: Mapping[str, torch.Tensor], config: OmniAvatarConfig, dtype: torch.dtype, device, source: str
+) -> WanVAE:
+    """Wan-layout VAE tensors -> `WanVAE` (diffusers' AutoencoderKLWan, converted by diffusers' rename table)."""
+    converted = convert_wan_vae_to_diffusers(dict(state))
     with torch.device("meta"):
         model = AutoencoderKLWan(base_dim=config.vae_base_dim, z_dim=config.vae_z_dim)
     filler = Filler(model, "Wan VAE", dtype, device)
-    filler.fill(converted, str(files.vae_path))
-    filler.finish(str(files.vae_path))
+    filler.fill(converted, source)
+    filler.finish(source)
     no_meta_left(model, "VAE")
     vae = WanVAE(
         model, config.vae_encode_tile, config.vae_encode_stride, config.vae_decode_tile, config.vae_decode_stride

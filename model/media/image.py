@@ -1,4 +1,4 @@
-"""Image in: decode the reference face and fit it to a size bucket (omniavatar-spec.md §1.2)."""
+"""Image in: decode the reference face and fit it to a size bucket (upstream's rule)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def choose_bucket(height: int, width: int, buckets: tuple[tuple[int, int], ...])
     """The (height, width) bucket whose aspect ratio is closest to the image's; ties go to the earliest.
 
     Upstream's `match_size` also compares the larger side on exact ratio ties, but never updates the stored
-    difference (spec Q13); for any bucket list with distinct ratios this is the same rule.
+    difference (as upstream computes it); for any bucket list with distinct ratios this is the same rule.
     """
     ratio = height / width
     return min(buckets, key=lambda b: abs(b[0] / b[1] - ratio))
@@ -50,7 +50,7 @@ def fit_to_bucket(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
     The scale is the larger of the two ratios and the scaled size is truncated, so the result is a centre
     crop whose odd pixel comes off the top/left, or, when truncation leaves one row short, a black row at the
-    bottom/right (spec §1.2.3, Q12). Returns (height, width, 3) float32 in [0, 1], as upstream keeps it.
+    bottom/right, as upstream does. Returns (height, width, 3) float32 in [0, 1], as upstream keeps it.
     """
     h, w = image.shape[:2]
     scale = max(height / h, width / w)

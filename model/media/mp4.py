@@ -45,7 +45,7 @@ def output_audio_track(audio: DecodedAudio | None, plan: SegmentPlan) -> tuple[n
     """The audio of the output video, (channels, n) float32, and its rate.
 
     Silence for the reference frame and the lead-in, the speech, then silence to the last frame's end
-    (spec §12: frame g is shown at g / fps and is driven by the audio at that time).
+    (frame g is shown at g / fps and is driven by the audio at that time).
     """
     if audio is None:
         rate, track = SILENT_TRACK_RATE, np.zeros((1, 0), np.float32)

@@ -36,13 +36,13 @@ SIGMAS_4 = [1.0, 3.75 / 4.0, 2.5 / 3.0, 1.25 / 2.0]
     ("steps", "sigmas", "bf16_timesteps"),
     [(50, SIGMAS_50, BF16_T_50), (25, SIGMAS_25, BF16_T_25), (4, SIGMAS_4, [1000, 936, 832, 624])],
 )
-def test_tables_match_spec(steps, sigmas, bf16_timesteps):
+def test_tables_match_upstream(steps, sigmas, bf16_timesteps):
     scheduler = FlowMatchScheduler(shift=5.0)
     scheduler.set_timesteps(steps)
     got = scheduler.sigmas.tolist()
     assert len(got) == steps, f"expected {steps} sigmas, found {len(got)}"
     worst = max(abs(a - b) for a, b in zip(got, sigmas, strict=True))
-    assert worst < 5e-7, f"sigmas differ from the spec table by up to {worst} (tolerance 5e-7): {got}"
+    assert worst < 5e-7, f"sigmas differ from upstream's table by up to {worst} (tolerance 5e-7): {got}"
     assert scheduler.sigmas.dtype == torch.float32, f"expected float32 sigmas, found {scheduler.sigmas.dtype}"
     as_bf16 = scheduler.timesteps.to(torch.bfloat16).float().tolist()
     assert as_bf16 == bf16_timesteps, f"expected bf16 timesteps {bf16_timesteps}, found {as_bf16}"

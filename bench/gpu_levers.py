@@ -21,7 +21,7 @@ seconds per segment (denoising + one VAE decode), VAE decode seconds, peak devic
 GPU's dense bf16 peak (FLOPs counted from the shapes), and the speed-up of each row's segment time over the
 baseline's (measured in the same run). On the CPU the tiny model is VAE-bound; `dit-heavy` shows the DiT levers.
 With --steps N below a row's step count, N steps are timed and the segment is extrapolated (marked ~);
---repeat N keeps the fastest of N timings of each row.
+--repeat N times every row N times, round-robin, and keeps the fastest.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--buckets", type=int, help="how many of the config's buckets (default: all on the CPU, 1 on CUDA)")
     p.add_argument("--compile-on-cpu", action="store_true", help="also time torch.compile on the CPU (slow to build)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (tiny tensors run fastest on one)")
-    p.add_argument("--repeat", type=int, default=1, help="time each row this many times and keep the fastest")
+    p.add_argument("--repeat", type=int, default=1, help="time each row this many times (round-robin) and keep the fastest")
     return p.parse_args(argv)
 
 
@@ -158,14 +158,8 @@ def teacache_calls(dit: OmniAvatarTransformer, conditions: Conditions, coefficie
     return computed * conditions.guidance.num_passes
 
 
-def measure(dit, vae, config, lever: Lever, shape, device, dtype, steps_timed: int | None, coefficients,
-            repeat: int = 1) -> Row:  # fmt: skip
-    """One row: the fastest of `repeat` timed segments (a shared machine only ever slows a run down)."""
-    return min((measure_once(dit, vae, config, lever, shape, device, dtype, steps_timed, coefficients)
-                for _ in range(repeat)), key=lambda r: r.s_per_segment)  # fmt: skip
-
-
-def measure_once(dit, vae, config, lever: Lever, shape, device, dtype, steps_timed: int | None, coefficients) -> Row:
+def measure(dit, vae, config, lever: Lever, shape, device, dtype, steps_timed: int | None, coefficients) -> Row:
+    """One row: a segment of the sampler (or `steps_timed` of its steps) and one decode, timed."""
     frames, h, w = shape
     g = torch.Generator().manual_seed(0)
     rand = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype)  # noqa: E731
@@ -237,25 +231,33 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> list[Ro
     dit, vae = random_dit(config, dtype, device), random_vae(config, dtype, device)
     out(f"{args.model} ({config.dim} x {config.num_layers} blocks) {dtype} on {device}: built in "
         f"{time.perf_counter() - started:.1f} s; buckets (latent T, h, w): {list(shapes)}")  # fmt: skip
-    rows: list[Row] = []
-    for lever in levers(device, args.compile_on_cpu):
-        if lever.offload:
+    chosen = levers(device, args.compile_on_cpu)
+    best: dict[tuple[str, tuple[int, int, int]], Row] = {}
+    for compile, offload in dict.fromkeys((lever.compile, lever.offload) for lever in chosen):
+        group = [lever for lever in chosen if (lever.compile, lever.offload) == (compile, offload)]
+        if offload:
             dit.to("cpu")  # offloaded weights live on the host, as the backend loads them
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        setup = prepare_dit(dit, device, lever.attention, compile=lever.compile, offload=lever.offload)
-        if lever.compile:
-            seconds, _ = timed(lambda: warm_up_dit(dit, shapes, torch.zeros(1, TEXT_LEN, config.text_dim, device=device,
-                                                   dtype=dtype), device, dtype, lever.fast), device)  # fmt: skip
-            out(f"{lever.name}: compiled and warmed up at {len(shapes)} shapes in {seconds:.1f} s")
-        for shape in shapes:
-            row = measure(dit, vae, config, replace(lever, attention=setup.attention), shape, device, dtype,
-                          steps_timed, coefficients, args.repeat)  # fmt: skip
-            row.bucket = "x".join(str(v) for v in shape)
-            rows.append(row)
-        if lever.compile:
+        prepare_dit(dit, device, group[0].attention, compile=compile, offload=offload)
+        if compile:
+            context = torch.zeros(1, TEXT_LEN, config.text_dim, device=device, dtype=dtype)
+            seconds, _ = timed(lambda: warm_up_dit(dit, shapes, context, device, dtype), device)  # noqa: B023
+            out(f"compiled the blocks and warmed them up at {len(shapes)} shapes in {seconds:.1f} s")
+        for _ in range(args.repeat):  # round-robin, so that a busy moment of the machine hits every row alike
+            for lever in group:
+                attention = prepare_dit(dit, device, lever.attention).attention  # switches the kernel only
+                for shape in shapes:
+                    row = measure(dit, vae, config, replace(lever, attention=attention), shape, device, dtype,
+                                  steps_timed, coefficients)  # fmt: skip
+                    row.bucket = "x".join(str(v) for v in shape)
+                    key = (lever.name, shape)
+                    if key not in best or row.s_per_segment < best[key].s_per_segment:
+                        best[key] = row
+        if compile:
             for block in dit.blocks:
                 block._compiled_call_impl = None  # back to eager for the next rows
+    rows = [best[(lever.name, shape)] for lever in chosen for shape in shapes]
     out(table(rows))
     return rows
 

@@ -31,6 +31,7 @@ from model.config import ModelConfig, resolve_path
 from model.errors import RequestError
 from model.media.audio import with_lead_in
 from model.media.image import fit_to_bucket
+from model.omniavatar.attention import attention_backend_for
 from model.omniavatar.config import OmniAvatarOptions
 from model.omniavatar.dit import TextKV
 from model.omniavatar.guidance import Guidance
@@ -118,6 +119,7 @@ class OmniAvatarBackend(AvatarBackend):
         self.options = OmniAvatarOptions.from_dict(config.options, resolve_path)
         if self.options.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"{config.source}: options.device is {self.options.device!r} but CUDA is not available")
+        attention_backend_for(self.options.attention, self.options.device)  # an unusable kernel fails before loading
         files = CheckpointFiles.find(self.options.base_dir, self.options.omniavatar_dir, self.options.wav2vec_dir)
         self.models: LoadedModels = load_models(
             files,

@@ -110,3 +110,11 @@ def test_speed_options_are_validated(tiny_config):
         with pytest.raises(ValueError, match=message):
             OmniAvatarOptions.from_dict({**base, **bad})
     assert load_model_config("configs/omniavatar-14b-fast.yaml").generation.timesteps == (1000, 750, 500, 250)
+
+
+def test_an_unusable_attention_choice_stops_the_backend_before_loading(tiny_config):
+    from model.omniavatar.backend import OmniAvatarBackend
+
+    config = replace(tiny_config, options={**tiny_config.options, "attention": "flash"})
+    with pytest.raises(ValueError, match="'flash' needs a CUDA device, the DiT runs on cpu"):
+        OmniAvatarBackend(config)

@@ -172,14 +172,15 @@ class OmniAvatarBackend(AvatarBackend):
         `compile`, one DiT forward at every bucket's segment shape, so no request pays a compilation."""
         m = self.models
         context = m.text_encoder.encode(["warm up"]).to(m.device)
-        if self.options.compile:
-            shapes = bucket_latent_shapes(self.config.planning)
-            warm_up_dit(m.dit, shapes, context, m.device, m.dtype, self.options.text_kv_cache)
         m.audio_encoder.encode(np.zeros(m.audio_encoder.samples_per_frame, np.float32), num_frames=1)
         latents = torch.zeros(1, 16, 2, 4, 4, device=m.device, dtype=m.dtype)
-        y = conditioning(torch.zeros_like(latents[:, :, :1]), 2, 1)
-        audio = torch.zeros(1, 5, m.config.audio_dim, device=m.device, dtype=m.dtype)
-        m.dit(torch.cat([latents, y], 1), torch.tensor([1000.0], device=m.device), context, audio)
+        if self.options.compile:  # the real shapes only (a frame size outside the buckets compiles on first use)
+            shapes = bucket_latent_shapes(self.config.planning)
+            warm_up_dit(m.dit, shapes, context, m.device, m.dtype, self.options.text_kv_cache)
+        else:
+            y = conditioning(torch.zeros_like(latents[:, :, :1]), 2, 1)
+            audio = torch.zeros(1, 5, m.config.audio_dim, device=m.device, dtype=m.dtype)
+            m.dit(torch.cat([latents, y], 1), torch.tensor([1000.0], device=m.device), context, audio)
         m.vae.encode(m.vae.decode(latents))
 
     def generate(

@@ -81,8 +81,14 @@ class CachedTextAttnProcessor(WanAttnProcessor):
         super().__init__()
         self.layer = layer
 
-    def __call__(self, attn: WanAttention, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 rotary_emb=None) -> torch.Tensor:  # fmt: skip
+    def __call__(
+        self,
+        attn: WanAttention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | TextKV | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         if not isinstance(encoder_hidden_states, TextKV):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         key, value = encoder_hidden_states.kv[self.layer]

@@ -118,3 +118,19 @@ def test_an_unusable_attention_choice_stops_the_backend_before_loading(tiny_conf
     config = replace(tiny_config, options={**tiny_config.options, "attention": "flash"})
     with pytest.raises(ValueError, match="'flash' needs a CUDA device, the DiT runs on cpu"):
         OmniAvatarBackend(config)
+
+
+@torch.no_grad()
+def test_untiled_decode_is_one_call_over_the_whole_latent(tiny_models):
+    vae = tiny_models.vae
+    latents = torch.randn(1, 16, 2, 4, 60, generator=torch.Generator().manual_seed(0))  # 60 > 52: two decode tiles
+    tiled = vae.decode(latents)
+    vae.tiled_decode = False
+    try:
+        untiled = vae.decode(latents)
+    finally:
+        vae.tiled_decode = True
+    whole = vae._decode_tile(latents).clamp(-1, 1)
+    assert torch.equal(untiled, whole), "vae_tiling false must decode the latent in one piece"
+    assert untiled.shape == tiled.shape == (1, 3, 5, 32, 480), f"unexpected shapes {untiled.shape}, {tiled.shape}"
+    assert max_diff(untiled, tiled) > 0, "two tiles blend differently from one piece; the test needs two tiles"

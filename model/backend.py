@@ -36,6 +36,7 @@ class SegmentFrames:
 
     index: int
     frames: np.ndarray  # (n, H, W, 3) uint8, n == plan.segments[index].num_frames
+    dit_calls: int | None = None  # model forwards that ran the network for this segment, when the backend counts them
 
 
 class CancelToken:

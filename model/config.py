@@ -21,12 +21,17 @@ class GenerationDefaults:
     overlap_frame: int = 13
     num_frames: int = 81  # only for requests without audio
     negative_prompt: str = ""
-    tea_cache_threshold: float = 0.0  # 0: TeaCache off
+    tea_cache_threshold: float = 0.0  # TeaCache's accumulated-distance threshold; 0 turns it off
+    timesteps: tuple[int, ...] | None = None  # explicit denoising timesteps (a distilled schedule); replaces num_steps
+
+    def __post_init__(self) -> None:
+        if self.timesteps is not None:
+            object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
 
 
 @dataclass(frozen=True)
 class PlanConfig:
-    """What the segment planner needs to know about the model (omniavatar-spec.md §1.2, §1.3, §9)."""
+    """What the segment planner needs to know about the model: frame rate, token budget, buckets."""
 
     fps: int = 25
     sample_rate: int = 16000

@@ -1,4 +1,4 @@
-"""The segment planner: how a request becomes a chain of overlapping segments (omniavatar-spec.md §1.3, §9).
+"""The segment planner: how a request becomes a chain of overlapping segments, as upstream OmniAvatar plans them.
 
 Pure arithmetic on the request's sizes, shared by every backend so that clients see the same structure
 whichever backend serves them. Everything is known before any model work starts.
@@ -44,7 +44,7 @@ class SegmentPlan:
     latent_frames: int  # T = (L + 3) / 4
     overlap: int  # f: frames each later segment re-renders from the previous one's tail, 1 + 4n
     prefix_latents: int  # p = (f + 3) / 4
-    audio_frames: int  # frames of lead-in + audio (spec's ori_audio_len); without audio, num_frames - 1
+    audio_frames: int  # frames of lead-in + audio (upstream's ori_audio_len); without audio, num_frames - 1
     padded_audio_frames: int  # S: audio_frames padded to whole segments
     lead_in_s: float  # silence before the speech (0 without audio)
     has_audio: bool
@@ -76,12 +76,12 @@ def frames_per_segment(max_tokens: int, height: int, width: int) -> int:
 
 
 def audio_frames(num_samples: int, sample_rate: int, fps: int) -> int:
-    """ceil(N / sr * fps) as upstream evaluates it in float64: one extra frame for some exact multiples (Q9)."""
+    """ceil(N / sr * fps) as upstream evaluates it in float64: one extra frame for some exact multiples."""
     return math.ceil(num_samples / sample_rate * fps)
 
 
 def pad_to_segments(frames: int, frames_per_seg: int, overlap: int) -> int:
-    """S: the first segment covers L - 1 frames, each later one L - f more (spec §1.3.5)."""
+    """S: the first segment covers L - 1 frames, each later one L - f more."""
     first, step = frames_per_seg - 1, frames_per_seg - overlap
     return first + step * math.ceil(max(0, frames - first) / step)
 

@@ -1,4 +1,4 @@
-"""The wav2vec2 audio encoder as OmniAvatar uses it: one embedding row per video frame (spec §2).
+"""The wav2vec2 audio encoder as OmniAvatar uses it: one embedding row per video frame.
 
 The normalised waveform is zero-padded to `num_frames` x (sample_rate / fps) samples; the conv features are
 linearly interpolated (align_corners) to exactly `num_frames` steps by a forward hook on the feature encoder
@@ -36,7 +36,7 @@ class AudioEncoder(nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        """(layers + 2) x hidden: the last layer appears twice (spec Q28)."""
+        """(layers + 2) x hidden: the last layer appears twice, as upstream stacks them."""
         return (self.model.config.num_hidden_layers + 2) * self.model.config.hidden_size
 
     def normalize(self, samples: np.ndarray) -> np.ndarray:

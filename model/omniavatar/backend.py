@@ -1,16 +1,17 @@
-"""OmniAvatarBackend: the segment loop of spec §9 over the official weights, streamed segment by segment.
+"""OmniAvatarBackend: upstream OmniAvatar's segment loop over the official weights, streamed segment by segment.
 
 Per request: the prompts are encoded once, the (lead-in + speech) audio is embedded once, the reference
 image is VAE-encoded once. Per segment: take the audio window, start from seeded noise, hold the fixed
 latent frames (the reference image for segment 0, the re-encoded tail of the previous segment after),
 run the guided flow-matching sampler, decode, and yield the kept frames at once. Only the last `overlap`
-frames of a segment are re-encoded for the next one; nothing else is decoded (no "recons", spec Q2).
+frames of a segment are re-encoded for the next one; nothing else is decoded (upstream's extra "recons"
+decode of every segment is skipped: its result is unused).
 
 Noise is device independent: segment k starts from `torch.randn` of a CPU generator seeded `seed + k`, in
 float32, then moved and cast, so one seed gives the same video on CPU and GPU up to numerics and any
 segment can be regenerated on its own given its prefix.
 
-Requests without an image or without audio have no upstream path (spec Q1); here the reference latent is
+Requests without an image or without audio have no upstream path; here the reference latent is
 zero with no frame held in segment 0, and missing audio is the all-zero window guidance already uses.
 """
 
@@ -20,7 +21,6 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -28,12 +28,18 @@ import torch
 
 from model.backend import AvatarBackend, CancelToken, SegmentFrames, StepCallback
 from model.config import ModelConfig, resolve_path
+from model.errors import RequestError
 from model.media.audio import with_lead_in
 from model.media.image import fit_to_bucket
+from model.omniavatar.attention import attention_backend_for
 from model.omniavatar.config import OmniAvatarOptions
-from model.omniavatar.guidance import Guidance, guided_velocity
+from model.omniavatar.dit import TextKV
+from model.omniavatar.guidance import Guidance
 from model.omniavatar.loading import CheckpointFiles, LoadedModels, load_models
+from model.omniavatar.sampling import Conditions, denoise_segment
 from model.omniavatar.scheduler import FlowMatchScheduler
+from model.omniavatar.speed import bucket_latent_shapes, prepare_dit, warm_up_dit
+from model.omniavatar.teacache import COEFFICIENTS, tea_cache_size
 from model.plan import SegmentPlan, SegmentSpec
 from model.request import GenerateRequest
 
@@ -46,7 +52,7 @@ def conditioning(reference: torch.Tensor, latent_frames: int, fixed: int) -> tor
     Args:
         reference: (1, 16, 1, h, w) reference-image latent (zeros without an image).
         latent_frames: T, latent frames per segment.
-        fixed: latent frames held clean (mask 0); the rest are generated (mask 1) (spec §3.5, §9.2-9.3).
+        fixed: latent frames held clean (mask 0); the rest are generated (mask 1).
 
     Returns:
         (1, 17, T, h, w) in the reference's dtype.
@@ -72,7 +78,7 @@ def initial_noise(shape: tuple[int, ...], seed: int, segment: int) -> torch.Tens
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """(1, 3, n, H, W) float in [0, 1] -> (n, H, W, 3) uint8 by truncation, as upstream writes frames (Q25)."""
+    """(1, 3, n, H, W) float in [0, 1] -> (n, H, W, 3) uint8 by truncation, as upstream writes frames."""
     return (frames[0] * 255).to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
 
 
@@ -103,17 +109,6 @@ class LruCache(Generic[V]):
         return len(self._items)
 
 
-@dataclass(frozen=True)
-class Conditions:
-    """What every DiT call of one request shares."""
-
-    guidance: Guidance
-    context: torch.Tensor  # (1, text_len, text_dim)
-    negative: torch.Tensor | None  # the negative prompt's context, when guidance needs it
-    seed: int
-    num_steps: int
-
-
 class OmniAvatarBackend(AvatarBackend):
     """OmniAvatar (Wan2.1-T2V + LoRA + audio) from the official files named in the config's `options`."""
 
@@ -124,10 +119,24 @@ class OmniAvatarBackend(AvatarBackend):
         self.options = OmniAvatarOptions.from_dict(config.options, resolve_path)
         if self.options.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"{config.source}: options.device is {self.options.device!r} but CUDA is not available")
+        attention_backend_for(self.options.attention, self.options.device)  # an unusable kernel fails before loading
         files = CheckpointFiles.find(self.options.base_dir, self.options.omniavatar_dir, self.options.wav2vec_dir)
         self.models: LoadedModels = load_models(
-            files, self.options.torch_dtype, self.options.device, fps=config.planning.fps
+            files,
+            self.options.torch_dtype,
+            self.options.device,
+            fps=config.planning.fps,
+            extra_loras=self.options.extra_loras,
+            text_encoder_device=self.options.text_encoder_device,
+            dit_device="cpu" if self.options.offload else None,
         )
+        self.models.vae.tiled_decode = self.options.vae_tiling
+        self.tea_cache_model = tea_cache_size(self.options.tea_cache_model, self.models.config.name)
+        self.dit_setup = prepare_dit(
+            self.models.dit, self.models.device, self.options.attention, self.options.compile, self.options.offload
+        )
+        if config.generation.timesteps is not None:
+            FlowMatchScheduler().set_explicit_timesteps(config.generation.timesteps)  # a bad list fails at load
         self._prompts: LruCache[torch.Tensor] = LruCache(self.options.prompt_cache_size)  # text -> (1, L, C)
         self._references: LruCache[torch.Tensor] = LruCache(self.options.reference_cache_size)  # image -> latent
         audio_rate = self.models.audio_encoder.sample_rate
@@ -146,18 +155,32 @@ class OmniAvatarBackend(AvatarBackend):
             "files": {"base": str(self.options.base_dir), "omniavatar": str(self.options.omniavatar_dir), "wav2vec": str(self.options.wav2vec_dir)},
             "cached_prompts": len(self._prompts),
             "cached_references": len(self._references),
+            "speed": {
+                "attention": self.dit_setup.attention,
+                "compile": self.dit_setup.compiled,
+                "offload": self.dit_setup.offload,
+                "text_kv_cache": self.options.text_kv_cache,
+                "vae_tiling": self.options.vae_tiling,
+                "tea_cache_model": self.tea_cache_model,
+                "timesteps": self.config.generation.timesteps,
+            },
         }
 
     @torch.inference_mode()
     def warm_up(self) -> None:
-        """One small pass through every network (kernel selection, allocator) before the first request."""
+        """One small pass through every network (kernel selection, allocator) before the first request; with
+        `compile`, one DiT forward at every bucket's segment shape, so no request pays a compilation."""
         m = self.models
-        context = m.text_encoder.encode(["warm up"])
+        context = m.text_encoder.encode(["warm up"]).to(m.device)
         m.audio_encoder.encode(np.zeros(m.audio_encoder.samples_per_frame, np.float32), num_frames=1)
         latents = torch.zeros(1, 16, 2, 4, 4, device=m.device, dtype=m.dtype)
-        y = conditioning(torch.zeros_like(latents[:, :, :1]), 2, 1)
-        audio = torch.zeros(1, 5, m.config.audio_dim, device=m.device, dtype=m.dtype)
-        m.dit(torch.cat([latents, y], 1), torch.tensor([1000.0], device=m.device), context, audio)
+        if self.options.compile:  # the real shapes only (a frame size outside the buckets compiles on first use)
+            shapes = bucket_latent_shapes(self.config.planning)
+            warm_up_dit(m.dit, shapes, context, m.device, m.dtype, self.options.text_kv_cache)
+        else:
+            y = conditioning(torch.zeros_like(latents[:, :, :1]), 2, 1)
+            audio = torch.zeros(1, 5, m.config.audio_dim, device=m.device, dtype=m.dtype)
+            m.dit(torch.cat([latents, y], 1), torch.tensor([1000.0], device=m.device), context, audio)
         m.vae.encode(m.vae.decode(latents))
 
     def generate(
@@ -170,7 +193,15 @@ class OmniAvatarBackend(AvatarBackend):
 
         Raises:
             GenerationCancelled: `cancel` was set; checked before every denoising step and every VAE call.
+            RequestError: TeaCache asked for on a model without TeaCache coefficients.
         """
+        if request.tea_cache_threshold > 0 and self.tea_cache_model is None:
+            raise RequestError(
+                "invalid_field",
+                f"TeaCache has no coefficients for {self.models.config.name}; set options.tea_cache_model to one of "
+                f"{sorted(COEFFICIENTS)} in the model config, or send tea_cache_threshold 0",
+                "tea_cache_threshold",
+            )
         # 1. Encode prompt: once per request, the negative prompt only when guidance needs it
         conditions = self.encode_prompts(request)
         # 2. Encode audio: the whole (lead-in + speech) clip once; each segment takes its window below
@@ -182,29 +213,40 @@ class OmniAvatarBackend(AvatarBackend):
             window = self._window(embedding, spec, plan)
             y = conditioning(reference, plan.latent_frames, prefix_frames)
             # 3. Prepare latents, 4. Denoise
-            latents = self.denoise(spec, plan, conditions, window, y, prefix[:, :, :prefix_frames], cancel, on_step)
+            latents, dit_calls = self.denoise(
+                spec, plan, conditions, window, y, prefix[:, :, :prefix_frames], cancel, on_step
+            )
             # 5. Decode: all L frames, keep [keep_from, keep_from + num_frames)
             cancel.checkpoint()
             frames = self.decode(latents)  # (1, 3, L, H, W) float32 in [0, 1]
             kept = frames[:, :, spec.keep_from : spec.keep_from + spec.num_frames]
-            yield SegmentFrames(index=spec.index, frames=to_uint8(kept))
+            yield SegmentFrames(index=spec.index, frames=to_uint8(kept), dit_calls=dit_calls)
             if spec.index + 1 < plan.num_segments:
                 cancel.checkpoint()
                 prefix, prefix_frames = self.encode_prefix(frames, plan), plan.prefix_latents
 
     def encode_prompts(self, request: GenerateRequest) -> Conditions:
-        """The prompt (and, when guidance needs it, the negative prompt) encoded, or taken from the cache."""
+        """The prompt (and, when guidance needs it, the negative prompt) encoded, or taken from the cache;
+        with `text_kv_cache`, turned into every block's cross-attention keys and values once per request."""
         guidance = Guidance(request.guidance_scale, request.audio_scale)
         context = self.encode_text(request.prompt)  # (1, text_len, text_dim)
         negative = self.encode_text(request.negative_prompt) if guidance.needs_negative_prompt else None
-        return Conditions(guidance, context, negative, request.seed, request.num_steps)
+        if self.options.text_kv_cache:
+            context, negative = self._text_kv(context), (None if negative is None else self._text_kv(negative))
+        timesteps = self.config.generation.timesteps
+        steps = len(timesteps) if timesteps is not None else request.num_steps
+        return Conditions(guidance, context, negative, request.seed, steps, timesteps, request.tea_cache_threshold)
 
     def encode_text(self, text: str) -> torch.Tensor:
         return self._prompts.get_or_compute(text, lambda: self._encode_text(text))
 
     @torch.inference_mode()
     def _encode_text(self, text: str) -> torch.Tensor:
-        return self.models.text_encoder.encode([text])
+        return self.models.text_encoder.encode([text]).to(self.models.device)
+
+    @torch.inference_mode()
+    def _text_kv(self, context: torch.Tensor) -> TextKV:
+        return self.models.dit.text_kv(context)
 
     @torch.inference_mode()
     def encode_audio(self, request: GenerateRequest, plan: SegmentPlan) -> torch.Tensor | None:
@@ -250,31 +292,22 @@ class OmniAvatarBackend(AvatarBackend):
         held: torch.Tensor,
         cancel: CancelToken,
         on_step: StepCallback,
-    ) -> torch.Tensor:
-        """Steps 3-4 of one segment: seeded noise, then the guided Euler loop with `held` (1, 16, p, h, w)
-        written over the first p latent frames before every step and after the last one (spec §7)."""
+    ) -> tuple[torch.Tensor, int]:
+        """Steps 3-4 of one segment: seeded noise, then the guided sampler (`sampling.denoise_segment`).
+
+        Returns:
+            The latents and the number of DiT forwards that ran the blocks.
+        """
         m = self.models
         # 3. Prepare latents: (1, 16, T, h, w), device-independent noise
         shape = (1, m.config.vae_z_dim, plan.latent_frames, *y.shape[-2:])
         latents = initial_noise(shape, conditions.seed, spec.index).to(device=m.device, dtype=m.dtype)
-        fixed = held.shape[2]
-        scheduler = FlowMatchScheduler(shift=5.0)
-        scheduler.set_timesteps(conditions.num_steps)
         # 4. Denoise
-        for i, t in enumerate(scheduler.timesteps):
-            cancel.checkpoint()
-            latents[:, :, :fixed] = held
-            x = torch.cat([latents, y], dim=1)  # (1, 33, T, h, w)
-            timestep = t.reshape(1).to(m.device)  # the DiT casts it to its dtype before the sinusoid
-
-            def velocity(context: torch.Tensor, audio: torch.Tensor, x=x, timestep=timestep) -> torch.Tensor:
-                return m.dit(x, timestep, context, audio)[0]  # (1, 16, T, h, w)
-
-            v = guided_velocity(velocity, conditions.guidance, conditions.context, conditions.negative, window)
-            latents = scheduler.step(v, i, latents)
-            on_step(spec.index, i + 1, conditions.num_steps)
-        latents[:, :, :fixed] = held
-        return latents
+        coefficients = COEFFICIENTS[self.tea_cache_model] if self.tea_cache_model else None
+        return denoise_segment(
+            m.dit, conditions, latents, y, window, held, coefficients,
+            lambda: cancel.checkpoint(), lambda i, n: on_step(spec.index, i, n),
+        )  # fmt: skip
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["CONFIGS", "DTYPES", "OmniAvatarConfig", "OmniAvatarOptions", "shipped_config"]
+__all__ = ["ATTENTION_CHOICES", "CONFIGS", "DTYPES", "ExtraLora", "OmniAvatarConfig", "OmniAvatarOptions", "shipped_config"]
 
 
 @dataclass(frozen=True)
 class OmniAvatarConfig:
-    """Dimensions and fixed hyper-parameters of one OmniAvatar model (spec §3.1, §4, §5, §6, §2).
+    """Dimensions and fixed hyper-parameters of one OmniAvatar model (DiT, LoRA, VAE, text and audio encoders).
 
     Field names of the DiT group follow Wan's `config.json` / upstream `model_config` keys, so a
     directory's own config can override them by name.
@@ -63,7 +63,7 @@ class OmniAvatarConfig:
 
     @property
     def audio_layers(self) -> range:
-        """Blocks that receive audio: 2 .. num_layers // 2 (spec §3.3 step 6)."""
+        """Blocks that receive audio: 2 .. num_layers // 2."""
         return range(2, self.num_layers // 2 + 1)
 
     @property
@@ -98,9 +98,39 @@ def shipped_config(name: str) -> OmniAvatarConfig:
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+ATTENTION_CHOICES = ("auto", "native", "math", "flex", "flash", "flash3", "cudnn", "sage")
+
+
+@dataclass(frozen=True)
+class ExtraLora:
+    """A LoRA file merged into the DiT at load, after OmniAvatar's own: W += strength · (alpha / rank) · B @ A."""
+
+    path: Path
+    strength: float = 1.0
+
+
+def _device(value: Any, key: str) -> str:
+    device = str(value)
+    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise ValueError(f"options.{key} must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return device
+
+
+def _flag(options: dict[str, Any], key: str, default: bool) -> bool:
+    value = options.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"options.{key} must be true or false, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class OmniAvatarOptions:
-    """The `options:` block of an OmniAvatar model YAML: where the files are and how to run them."""
+    """The `options:` block of an OmniAvatar model YAML: where the files are and how to run them.
+
+    Every speed option is off by default, and the default output is upstream's to rounding. `text_kv_cache`
+    and `compile` leave the output unchanged; `attention` other than `native`, `vae_tiling: false` and
+    `offload` may move it by rounding; TeaCache and `extra_loras` change it by design.
+    """
 
     base_dir: Path  # Wan2.1-T2V-14B/ or Wan2.1-T2V-1.3B/ (DiT shards, VAE, T5, tokenizer)
     omniavatar_dir: Path  # OmniAvatar-14B/ or OmniAvatar-1.3B/ (pytorch_model.pt, config.json)
@@ -109,6 +139,14 @@ class OmniAvatarOptions:
     device: str = "cuda"  # cuda | cuda:N | cpu
     prompt_cache_size: int = 32  # prompt embeddings kept across requests (1 x 512 x 4096 each)
     reference_cache_size: int = 32  # reference-image latents kept across requests
+    attention: str = "native"  # see ATTENTION_CHOICES and model/omniavatar/attention.py
+    compile: bool = False  # torch.compile each DiT block, warmed up at every bucket's shapes at load
+    tea_cache_model: str | None = None  # TeaCache coefficients: 14b | 1.3b (default: the detected size)
+    extra_loras: tuple[ExtraLora, ...] = ()
+    text_kv_cache: bool = False  # cross-attention keys/values computed once per prompt, not every step
+    vae_tiling: bool = True  # false: decode a segment in one piece (needs memory; upstream tiles)
+    text_encoder_device: str | None = None  # e.g. cpu: the UMT5 encoder off the GPU (default: `device`)
+    offload: bool = False  # DiT blocks kept on the CPU and streamed to the GPU group by group
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -119,11 +157,13 @@ class OmniAvatarOptions:
         """Parse a YAML `options:` mapping, raising ValueError naming a bad key.
 
         `model_dir`, when given, is the folder holding the three downloads: relative `base_dir`,
-        `omniavatar_dir` and `wav2vec_dir` are taken inside it. `resolve` then maps each directory
-        (e.g. `model.config.resolve_path`: as given if it exists, else relative to the project root).
+        `omniavatar_dir` and `wav2vec_dir` are taken inside it. `resolve` then maps each directory and
+        LoRA file (e.g. `model.config.resolve_path`: as given if it exists, else relative to the project root).
         """
         dirs = ("base_dir", "omniavatar_dir", "wav2vec_dir")
-        known = ("model_dir", *dirs, "dtype", "device", "prompt_cache_size", "reference_cache_size")
+        flags = {"compile": False, "text_kv_cache": False, "vae_tiling": True, "offload": False}
+        known = ("model_dir", *dirs, "dtype", "device", "prompt_cache_size", "reference_cache_size", "attention",
+                 "tea_cache_model", "extra_loras", "text_encoder_device", *flags)  # fmt: skip
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise ValueError(f"unknown OmniAvatar options {unknown}; known: {list(known)}")
@@ -133,10 +173,43 @@ class OmniAvatarOptions:
         dtype = str(options.get("dtype", "bf16"))
         if dtype not in DTYPES:
             raise ValueError(f"options.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        device = str(options.get("device", "cuda"))
-        if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
-            raise ValueError(f"options.device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        attention = str(options.get("attention", "native"))
+        if attention not in ATTENTION_CHOICES:
+            raise ValueError(f"options.attention must be one of {list(ATTENTION_CHOICES)}, got {attention!r}")
+        tea_model = options.get("tea_cache_model")
+        if tea_model is not None and str(tea_model) not in ("14b", "1.3b"):
+            raise ValueError(f"options.tea_cache_model must be '14b' or '1.3b', got {tea_model!r}")
+        if options.get("text_kv_cache") and options.get("offload"):
+            raise ValueError("options.text_kv_cache and options.offload cannot be combined (offloaded blocks "
+                             "are on the host when the keys/values are computed)")  # fmt: skip
         root = Path(options["model_dir"]).expanduser() if options.get("model_dir") else None
         located = {k: resolve(root / options[k] if root is not None else Path(options[k])) for k in dirs}
         caches = {k: int(options[k]) for k in ("prompt_cache_size", "reference_cache_size") if k in options}
-        return cls(**located, dtype=dtype, device=device, **caches)
+        text_device = options.get("text_encoder_device")
+        return cls(
+            **located,
+            dtype=dtype,
+            device=_device(options.get("device", "cuda"), "device"),
+            **caches,
+            attention=attention,
+            tea_cache_model=None if tea_model is None else str(tea_model),
+            extra_loras=_extra_loras(options.get("extra_loras") or [], root, resolve),
+            text_encoder_device=None if text_device is None else _device(text_device, "text_encoder_device"),
+            **{k: _flag(options, k, default) for k, default in flags.items()},
+        )
+
+
+def _extra_loras(entries: Any, root: Path | None, resolve: Callable[[Path], Path]) -> tuple[ExtraLora, ...]:
+    """`[{path, strength}]` -> ExtraLora entries (relative paths inside `model_dir`, like the model folders)."""
+    if not isinstance(entries, list):
+        raise ValueError(f"options.extra_loras must be a list of {{path, strength}}, got {entries!r}")
+    loras = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "path" not in entry or set(entry) - {"path", "strength"}:
+            raise ValueError(f"options.extra_loras[{i}] must be {{path, strength}}, got {entry!r}")
+        strength = entry.get("strength", 1.0)
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+            raise ValueError(f"options.extra_loras[{i}].strength must be a number, got {strength!r}")
+        path = Path(str(entry["path"])).expanduser()
+        loras.append(ExtraLora(resolve(root / path if root is not None else path), float(strength)))
+    return tuple(loras)

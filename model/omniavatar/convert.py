@@ -1,15 +1,16 @@
 """Checkpoint conversions: pure functions from the official layouts to the libraries' module names.
 
 The Wan DiT and VAE use diffusers' own rename tables (`convert_wan_*_to_diffusers`); Wan's T5 layout maps to
-transformers' UMT5EncoderModel by the table below; OmniAvatar's peft LoRA pairs are merged into their base
-weights, W + (alpha / rank)·B·A in float32. Every function takes and returns state dicts and reads no file.
+transformers' UMT5EncoderModel by the table below; OmniAvatar's peft LoRA pairs (and any extra LoRA, see
+`extra_lora.py`) are merged into their base weights, W + (alpha / rank)·B·A in float32. Every function takes
+and returns state dicts and reads no file.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,8 +18,10 @@ from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffu
 
 __all__ = [
     "CheckpointError",
+    "LoraDelta",
     "LoraPair",
     "check_layout",
+    "convert_dit_tensors",
     "convert_omniavatar_dit",
     "convert_umt5",
     "dit_key_map",
@@ -29,7 +32,7 @@ __all__ = [
 
 T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 
-# Wan's T5 layout -> transformers' UMT5EncoderModel (spec §5). `shared` and `encoder.embed_tokens` are one
+# Wan's T5 layout -> transformers' UMT5EncoderModel. `shared` and `encoder.embed_tokens` are one
 # tied tensor in transformers; Wan stores it once as token_embedding.
 UMT5_RENAMES: tuple[tuple[str, str], ...] = (
     (r"token_embedding\.weight", "shared.weight"),
@@ -47,7 +50,7 @@ UMT5_RENAMES: tuple[tuple[str, str], ...] = (
 )
 UMT5_TIED = {"shared.weight": "encoder.embed_tokens.weight"}
 
-# peft LoRA names in OmniAvatar's pytorch_model.pt, with or without the adapter name `default` (spec §4)
+# peft LoRA names in OmniAvatar's pytorch_model.pt, with or without the adapter name `default`
 LORA_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])(?:\.default)?\.weight$")
 
 
@@ -148,41 +151,77 @@ def lora_targets(keys: Iterable[str], targets: Iterable[str]) -> set[str]:
     return found
 
 
+@dataclass(frozen=True)
+class LoraDelta:
+    """What one LoRA adds to Wan-native DiT weights: W += scales[k]·B@A for each pair, W += diff_scale·D for
+    each full difference (some published LoRAs carry norm weights and biases as plain differences)."""
+
+    pairs: Mapping[str, LoraPair]
+    scales: Mapping[str, float]
+    diffs: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    diff_scale: float = 1.0
+
+    @classmethod
+    def uniform(cls, pairs: Mapping[str, LoraPair], scale: float) -> LoraDelta:
+        return cls(pairs, dict.fromkeys(pairs, scale))
+
+    @property
+    def targets(self) -> set[str]:
+        return set(self.pairs) | set(self.diffs)
+
+
 def merge_lora(
-    weights: Mapping[str, torch.Tensor], pairs: Mapping[str, LoraPair], scale: float, device: str | torch.device = "cpu"
+    weights: Mapping[str, torch.Tensor], deltas: Sequence[LoraDelta], device: str | torch.device = "cpu"
 ) -> dict[str, torch.Tensor]:
-    """W + scale·(B @ A) in float32 (on `device`) for every weight with a pair; other tensors pass unchanged.
+    """Every delta applied in order, in float32 on `device`, to the weights it targets; others pass unchanged.
 
     Args:
         weights: Wan-native tensors (any subset of the DiT).
-        pairs: LoRA pairs keyed by target weight name (see `split_omniavatar_state_dict`).
-        scale: lora_alpha / lora_rank (0.5 for the official checkpoints).
+        deltas: OmniAvatar's own LoRA first (scale lora_alpha / lora_rank, 0.5 for the official files), then
+            any extra LoRA.
     """
     merged = {}
     for key, weight in weights.items():
-        pair = pairs.get(key)
-        if pair is None:
+        hits = [d for d in deltas if key in d.pairs or key in d.diffs]
+        if not hits:
             merged[key] = weight
             continue
         w = weight.to(device=device, dtype=torch.float32, copy=True)
-        up = pair.up.to(device=device, dtype=torch.float32)
-        down = pair.down.to(device=device, dtype=torch.float32)
-        merged[key] = w.addmm_(up, down, alpha=scale)  # (out, in) += scale · (out, r) @ (r, in)
+        for delta in hits:
+            pair = delta.pairs.get(key)
+            if pair is not None:
+                up = pair.up.to(device=device, dtype=torch.float32)
+                down = pair.down.to(device=device, dtype=torch.float32)
+                w.addmm_(up, down, alpha=delta.scales[key])  # (out, in) += scale · (out, r) @ (r, in)
+            if key in delta.diffs:
+                w.add_(delta.diffs[key].to(device=device, dtype=torch.float32), alpha=delta.diff_scale)
+        merged[key] = w
     return merged
 
 
-def convert_omniavatar_dit(
-    base: Mapping[str, torch.Tensor], omniavatar: Mapping[str, torch.Tensor], scale: float
+def convert_dit_tensors(
+    wan: Mapping[str, torch.Tensor], deltas: Sequence[LoraDelta] = (), device: str | torch.device = "cpu"
 ) -> dict[str, torch.Tensor]:
-    """Base Wan DiT + OmniAvatar checkpoint -> diffusers-named state dict of `OmniAvatarTransformer`.
+    """Wan-native DiT tensors (any subset) -> diffusers names, with the LoRA deltas merged."""
+    merged = merge_lora(wan, deltas, device)
+    names = dit_key_map(merged)
+    return {names[key]: tensor for key, tensor in merged.items()}
+
+
+def convert_omniavatar_dit(
+    base: Mapping[str, torch.Tensor],
+    omniavatar: Mapping[str, torch.Tensor],
+    scale: float,
+    extra: Sequence[LoraDelta] = (),
+) -> dict[str, torch.Tensor]:
+    """Base Wan DiT + OmniAvatar checkpoint (+ extra LoRAs) -> diffusers-named state dict of `OmniAvatarTransformer`.
 
     OmniAvatar's full tensors replace base tensors of the same name (the 33-channel patch embedding replaces
-    all its input channels) or add new ones (audio modules); LoRA pairs are merged into their base weights.
+    all its input channels) or add new ones (audio modules); LoRA pairs are merged into their base weights,
+    OmniAvatar's first, then `extra` in order.
     """
     pairs, full = split_omniavatar_state_dict(omniavatar)
-    wan = merge_lora({**base, **full}, pairs, scale)
-    names = dit_key_map(wan)
-    return {names[key]: tensor for key, tensor in wan.items()}
+    return convert_dit_tensors({**base, **full}, [LoraDelta.uniform(pairs, scale), *extra])
 
 
 def convert_umt5(state: Mapping[str, torch.Tensor], source: str = T5_FILE) -> dict[str, torch.Tensor]:

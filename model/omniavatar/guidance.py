@@ -1,4 +1,4 @@
-"""Classifier-free guidance over text and audio, with upstream's 1 / 2 / 3-pass rule (spec §8)."""
+"""Classifier-free guidance over text and audio, with upstream's 1 / 2 / 3-pass rule."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class Guidance:
 
     Args:
         guidance_scale: text (and, by default, audio) guidance; 1.0 turns guidance off entirely, even when
-            `audio_scale` is set (upstream, spec Q11).
+            `audio_scale` is set (as upstream).
         audio_scale: separate audio guidance; None or equal to `guidance_scale` means the 2-pass form.
     """
 
@@ -47,13 +47,13 @@ def guided_velocity(
     negative_context: torch.Tensor | None,
     audio: torch.Tensor,
 ) -> torch.Tensor:
-    """One step's guided velocity (spec §8), combined in the velocities' dtype as upstream does.
+    """One step's guided velocity, combined in the velocities' dtype as upstream does.
 
     - 1 pass: v(prompt, audio).
     - 2 passes: v_neg + g·(v_pos − v_neg), v_neg = v(negative prompt, zero audio).
     - 3 passes: v_t0 + g·(v_a0 − v_t0) + a·(v_pos − v_a0), v_a0 = v(prompt, zero audio),
       v_t0 = v(negative prompt, zero audio).
-    "Zero audio" is an all-zero window, not the encoding of silence (spec Q10).
+    "Zero audio" is an all-zero window, not the encoding of silence (as upstream).
     """
     positive = velocity(context, audio)
     passes = guidance.num_passes

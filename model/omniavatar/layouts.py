@@ -1,7 +1,7 @@
-"""The official tensor layouts: names and shapes of every file's tensors, from the spec's tables.
+"""The official tensor layouts: names and shapes of every file's tensors.
 
-Wan-native DiT (spec §3.2), OmniAvatar's full tensors and peft LoRA pairs (§4), Wan's VAE (§6) and Wan's
-UMT5 encoder (§5), as functions of an `OmniAvatarConfig`. The loader checks the files against these before
+Wan-native DiT, OmniAvatar's full tensors and peft LoRA pairs, Wan's VAE and Wan's
+UMT5 encoder, as functions of an `OmniAvatarConfig`. The loader checks the files against these before
 converting (so errors use the names a user sees in the files); the tiny writer writes exactly these.
 """
 
@@ -21,7 +21,7 @@ Shapes = dict[str, tuple[int, ...]]
 
 
 def wan_dit_shapes(config: OmniAvatarConfig, in_dim: int = 16) -> Shapes:
-    """Wan-native names and shapes of a Wan2.1 T2V DiT (spec §3.2); `in_dim` 16 for the base model."""
+    """Wan-native names and shapes of a Wan2.1 T2V DiT; `in_dim` 16 for the base model."""
     d, f, pt, ph, pw = config.dim, config.ffn_dim, *config.patch_size
     shapes = {
         "patch_embedding.weight": (d, in_dim, pt, ph, pw),
@@ -59,7 +59,7 @@ def wan_dit_shapes(config: OmniAvatarConfig, in_dim: int = 16) -> Shapes:
 
 
 def omniavatar_full_shapes(config: OmniAvatarConfig) -> Shapes:
-    """The full (non-LoRA) tensors of OmniAvatar's pytorch_model.pt (spec §4)."""
+    """The full (non-LoRA) tensors of OmniAvatar's pytorch_model.pt."""
     d, hidden = config.dim, config.audio_hidden_size
     shapes = {
         "patch_embedding.weight": (d, config.in_dim, *config.patch_size),
@@ -129,7 +129,7 @@ def _resample(prefix: str, c_in: int, c_out: int, temporal: bool, up: bool) -> S
 
 
 def wan_vae_shapes(base_dim: int = 96, z_dim: int = 16) -> Shapes:
-    """Wan2.1_VAE.pth names and shapes (spec §6 module table): widths b, 2b, 4b, 4b; temporal down at 2nd/3rd."""
+    """Wan2.1_VAE.pth names and shapes: widths b, 2b, 4b, 4b; temporal down at 2nd/3rd."""
     b = base_dim
     shapes = {"encoder.conv1.weight": (b, 3, 3, 3, 3), "encoder.conv1.bias": (b,)}
     # encoder: (Res, Res, down) x 3 levels + (Res, Res)
@@ -164,7 +164,7 @@ def wan_vae_shapes(base_dim: int = 96, z_dim: int = 16) -> Shapes:
 
 
 def wan_t5_shapes(config: OmniAvatarConfig) -> Shapes:
-    """Wan's UMT5-XXL encoder layout (spec §5 table) at `config`'s sizes."""
+    """Wan's UMT5-XXL encoder layout at `config`'s sizes."""
     d, ff = config.t5_dim, config.t5_ffn_dim
     shapes = {"token_embedding.weight": (config.t5_vocab, d)}
     for i in range(config.t5_num_layers):

@@ -1,6 +1,8 @@
-"""Flow-matching Euler sampler with shift 5, as upstream runs it (spec §7)."""
+"""Flow-matching Euler sampler with shift 5, as upstream runs it, and the distilled explicit-timestep schedule."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -26,6 +28,25 @@ class FlowMatchScheduler:
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         u = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float32)[:-1]  # the final 0 is dropped
+        self._set_sigmas(u)
+
+    def set_explicit_timesteps(self, timesteps: Sequence[int]) -> None:
+        """The step-distilled schedule (lightx2v, CausVid): raw timesteps such as 1000, 750, 500, 250.
+
+        The distilled models were trained on the 1000-step shifted table: raw timestep r selects
+        u = linspace(1, 0, 1001)[1000 − r] = r / 1000, so σ = shift·u / (1 + (shift − 1)·u) and the DiT sees
+        t = 1000·σ (with shift 5: 1000, 937.5, 833.3, 625); σ after the last step is 0.
+        """
+        raw = [int(t) for t in timesteps]
+        bad = [t for t in raw if not 0 < t <= self.num_train_timesteps]
+        if not raw or bad or any(a <= b for a, b in zip(raw, raw[1:], strict=False)):
+            raise ValueError(
+                f"timesteps must be strictly decreasing integers in (0, {self.num_train_timesteps}], got {raw}"
+            )
+        table = torch.linspace(1.0, 0.0, self.num_train_timesteps + 1, dtype=torch.float32)
+        self._set_sigmas(table[[self.num_train_timesteps - t for t in raw]])
+
+    def _set_sigmas(self, u: torch.Tensor) -> None:
         self.sigmas = self.shift * u / (1 + (self.shift - 1) * u)
         self.timesteps = self.sigmas * self.num_train_timesteps
 

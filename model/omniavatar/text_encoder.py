@@ -1,4 +1,4 @@
-"""The UMT5-XXL text encoder as Wan uses it: cleaned prompts, 512 tokens, padded rows zeroed (spec §5)."""
+"""The UMT5-XXL text encoder as Wan uses it: cleaned prompts, 512 tokens, padded rows zeroed."""
 
 from __future__ import annotations
 

@@ -2,13 +2,13 @@
 
     python -m model.omniavatar.tiny OUT_DIR [--sharded]
 
-produces what a user's download looks like, with tiny dimensions (model-stack.md) and random weights:
+produces what a user's download looks like, with tiny dimensions and random weights:
     OUT_DIR/Wan2.1-T2V-tiny/     DiT in Wan-native key names (one safetensors file, or 14B-style shards +
                                  index with --sharded), Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth in
                                  Wan's T5 layout, google/umt5-xxl/tokenizer.json, config.json (Wan's format)
     OUT_DIR/OmniAvatar-tiny/     pytorch_model.pt (peft-named LoRA pairs + full tensors), config.json
     OUT_DIR/wav2vec2-base-960h/  a Wav2Vec2ForCTC checkpoint with config.json and preprocessor_config.json
-The tensor names and shapes come from the spec's tables (`layouts.py`), not from the conversions, so loading
+The tensor names and shapes come from the published layouts (`layouts.py`), not from the conversions, so loading
 these folders into diffusers' and transformers' modules tests the conversions. Writing takes a fraction of a second.
 """
 
@@ -27,11 +27,11 @@ from model.omniavatar.config import OmniAvatarConfig
 from model.omniavatar.layouts import lora_shapes, omniavatar_full_shapes, wan_dit_shapes, wan_t5_shapes, wan_vae_shapes
 from model.omniavatar.loading import quiet_transformers
 
-__all__ = ["TINY", "TinyDirs", "write_tiny"]
+__all__ = ["TINY", "TinyDirs", "random_tensor", "random_tensors", "write_tiny"]
 
 TINY = OmniAvatarConfig(
     name="tiny",
-    # dit: head_dim 24 keeps Wan's 3-D RoPE split and diffusers' in agreement (model-stack.md)
+    # dit: head_dim 24 keeps Wan's and diffusers' splits of the head channels over the 3 RoPE axes in agreement
     dim=48,
     ffn_dim=96,
     num_heads=2,
@@ -66,23 +66,26 @@ TOKENIZER_SENTENCES = (
 )
 
 
+def random_tensor(
+    name: str, shape: tuple[int, ...], generator: torch.Generator, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """One random weight that keeps activations in range: norm scales ~1, small biases, N(0, 1/fan_in) matrices."""
+    noise = torch.randn(shape, generator=generator, device=device)
+    leaf = name.rsplit(".", 1)[0].rsplit(".", 1)[-1]  # the module's own name: norm3, norm_q, gamma, ...
+    if name.endswith("gamma") or (leaf.startswith("norm") and name.endswith(".weight")):
+        return 1.0 + 0.1 * noise  # RMS / LayerNorm scales
+    if name.endswith("modulation"):
+        return noise / math.sqrt(shape[-1])
+    if len(shape) == 1:
+        return 0.02 * noise  # biases
+    if name == "token_embedding.weight" or "pos_embedding" in name:
+        return 0.5 * noise
+    return noise / math.sqrt(math.prod(shape[1:]))
+
+
 def random_tensors(shapes: dict[str, tuple[int, ...]], generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Random weights that keep activations in range: norm scales ~1, small biases, N(0, 1/fan_in) matrices."""
-    tensors = {}
-    for name, shape in shapes.items():
-        noise = torch.randn(shape, generator=generator)
-        leaf = name.rsplit(".", 1)[0].rsplit(".", 1)[-1]  # the module's own name: norm3, norm_q, gamma, ...
-        if name.endswith("gamma") or (leaf.startswith("norm") and name.endswith(".weight")):
-            tensors[name] = 1.0 + 0.1 * noise  # RMS / LayerNorm scales
-        elif name.endswith("modulation"):
-            tensors[name] = noise / math.sqrt(shape[-1])
-        elif len(shape) == 1:
-            tensors[name] = 0.02 * noise  # biases
-        elif name == "token_embedding.weight" or "pos_embedding" in name:
-            tensors[name] = 0.5 * noise
-        else:
-            tensors[name] = noise / math.sqrt(math.prod(shape[1:]))
-    return tensors
+    """`random_tensor` for every name in `shapes`, in order."""
+    return {name: random_tensor(name, shape, generator) for name, shape in shapes.items()}
 
 
 class TinyDirs:

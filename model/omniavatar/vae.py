@@ -1,7 +1,7 @@
 """The Wan VAE as OmniAvatar uses it: diffusers' AutoencoderKLWan, latent normalisation and upstream's tiling.
 
 Encoding maps pixels in [-1, 1], (B, 3, 1 + 4k, H, W), to normalised latents (B, 16, 1 + k, H/8, W/8);
-decoding does the reverse and clamps once at the end. Both run upstream's own spatial tiler (spec §6):
+decoding does the reverse and clamps once at the end. Both run upstream's own spatial tiler:
 overlapping tiles over the full time axis, each encoded/decoded on its own, blended by a weighted
 average whose weights ramp linearly over the overlap. diffusers' built-in tiling is a different algorithm
 and its `decode` clamps every tile, so neither is used.
@@ -17,7 +17,7 @@ from torch import nn
 
 __all__ = ["WanVAE", "blend_ramp", "tile_starts", "tiled_apply"]
 
-# spec §6: per-channel statistics of the Wan2.1 latent space
+# per-channel statistics of the Wan2.1 latent space
 LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)  # fmt: skip
 LATENT_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
@@ -26,7 +26,7 @@ LATENT_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
 
 def tile_starts(length: int, size: int, stride: int) -> list[int]:
     """Tile starts along one axis: 0, stride, 2·stride, ... < length, skipping a start once the previous tile
-    already reaches the end (spec §6)."""
+    already reaches the end."""
     return [x for x in range(0, length, stride) if not (x >= stride and x - stride + size >= length)]
 
 
@@ -51,7 +51,7 @@ def tiled_apply(
     stride: tuple[int, int],
     scale: tuple[int, int],
 ) -> torch.Tensor:
-    """Apply a spatially local video map `fn` tile by tile and blend the results (upstream's tiler, spec §6).
+    """Apply a spatially local video map `fn` tile by tile and blend the results (upstream's tiler).
 
     Args:
         x: (B, C, F, H, W) input; tiles cover the full time axis.
@@ -107,6 +107,7 @@ class WanVAE(nn.Module):
         self.model = model
         self.encode_tile, self.encode_stride = tuple(encode_tile), tuple(encode_stride)
         self.decode_tile, self.decode_stride = tuple(decode_tile), tuple(decode_stride)
+        self.tiled_decode = True  # False: one piece (more memory, no tile seams; upstream tiles)
         z_dim = model.config.z_dim
         if z_dim != len(LATENT_MEAN):
             raise ValueError(f"Wan latent statistics are for z_dim {len(LATENT_MEAN)}, the VAE has z_dim {z_dim}")
@@ -131,6 +132,8 @@ class WanVAE(nn.Module):
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, 16, T, h, w) normalised latents -> (B, 3, 1 + 4(T-1), 8h, 8w) pixels clamped to [-1, 1]."""
+        if not self.tiled_decode:
+            return self._decode_tile(latents.to(self.dtype)).clamp_(-1.0, 1.0)
         video = tiled_apply(
             latents.to(self.dtype), self._decode_tile, self.decode_tile, self.decode_stride, (self.spatial_factor, 1)
         )

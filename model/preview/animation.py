@@ -30,7 +30,7 @@ def loudness_envelope(samples: np.ndarray, num_frames: int, sample_rate: int, fp
     """Per output frame, how open the mouth should be, in [0, 1].
 
     `samples` is the model's audio input with its lead-in. Frame g >= 1 is driven by the audio from
-    (g - 1) / fps, as OmniAvatar's audio row g - 1 drives frame g (spec §9.4); frame 0 is the reference.
+    (g - 1) / fps, as OmniAvatar's audio row g - 1 drives frame g; frame 0 is the reference.
     """
     hop = sample_rate // fps
     voiced = np.zeros((num_frames - 1) * hop, np.float32)

@@ -1,4 +1,5 @@
-"""An independent float64 implementation of the OmniAvatar DiT forward, written from spec §3.3-3.5.
+"""An independent float64 implementation of the OmniAvatar DiT forward, written from upstream's
+forward (time embedding, blocks with audio injection, head) independently of diffusers.
 
 It reads Wan-native tensor names (the names in the official files) and applies LoRA pairs unmerged,
 y = W x + b + scale·B(A x), the way peft runs upstream. Tests compare the diffusers-based model, loaded
@@ -138,7 +139,7 @@ def reference_dit(
 
 
 def t5_bucket(relative: int, num_buckets: int = 32, max_distance: int = 128) -> int:
-    """Spec §5: bidirectional buckets, 16 per direction; exact below 8, logarithmic up to max_distance."""
+    """T5 relative positions: bidirectional buckets, 16 per direction; exact below 8, logarithmic up to max_distance."""
     half = num_buckets // 2
     exact = half // 2
     n = abs(relative)
@@ -150,7 +151,7 @@ def t5_bucket(relative: int, num_buckets: int = 32, max_distance: int = 128) -> 
 
 
 def reference_umt5(weights: dict[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Wan's UMT5 encoder in float64 from Wan-native names (spec §5): (n,) ids -> (n, d)."""
+    """Wan's UMT5 encoder in float64 from Wan-native names: (n,) ids -> (n, d)."""
     w = {k: v.double() for k, v in weights.items()}
 
     def norm(x: torch.Tensor, name: str) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The wav2vec2 audio encoder: embedding width and rows, exact decimation of conv features, normalisation (spec §2)."""
+"""The wav2vec2 audio encoder: embedding width and rows, exact decimation of conv features, normalisation."""
 
 from __future__ import annotations
 

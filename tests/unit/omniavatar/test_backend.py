@@ -1,4 +1,4 @@
-"""The segment loop (spec §9) on tiny weights: DiT inputs per segment, audio windows, noise, prefix, progress."""
+"""The segment loop on tiny weights: DiT inputs per segment, audio windows, noise, prefix, progress."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def test_later_segments_hold_the_reencoded_tail_of_the_previous_one(example, tin
         assert max_diff(held, wrong) > 10 * diff, "held latents must come from the tail, not the head, of segment 0"
 
 
-def test_audio_window_of_each_segment_is_the_spec_slice(example, tiny_backend, tiny_config):
+def test_audio_window_of_each_segment_is_the_upstream_slice(example, tiny_backend, tiny_config):
     """t = 0: [zero, E[0 .. L-2]]; t >= 1: E[s_t - f .. s_t + L - f - 1], s_t = (L - 1) + (t - 1)(L - f)."""
     request, plan, _, calls, _ = example
     L, f = plan.frames_per_segment, plan.overlap
@@ -137,7 +137,7 @@ def test_audio_window_of_each_segment_is_the_spec_slice(example, tiny_backend, t
         got_pos, got_neg = calls[t * passes][3][0], calls[t * passes + 1][3][0]
         assert got_pos.shape == (L, 128), f"segment {t}: window shape {tuple(got_pos.shape)}"
         diff = max_diff(got_pos, want)
-        assert diff == 0.0, f"segment {t}: the conditional pass's audio differs from the spec slice by {diff}"
+        assert diff == 0.0, f"segment {t}: the conditional pass's audio differs from upstream's slice by {diff}"
         assert got_neg.abs().max().item() == 0.0, f"segment {t}: the unconditional pass must get zero audio"
 
 
@@ -225,7 +225,7 @@ def test_cancel_stops_within_one_step(tiny_backend, tiny_config):
 
 
 def test_requests_without_image_or_audio_follow_the_plan(tiny_backend, tiny_config):
-    """No upstream path (spec Q1): a zero reference latent with no held frame, and all-zero audio windows."""
+    """No upstream path: a zero reference latent with no held frame, and all-zero audio windows."""
     no_image = replace(tiny_request(tiny_config, image=False), height=32, width=32)  # the protocol's minimum is 128
     no_audio = replace(tiny_request(tiny_config, seconds=0, num_frames=30), height=32, width=32, image=None)
     for request in (no_image, no_audio):

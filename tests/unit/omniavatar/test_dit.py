@@ -1,4 +1,4 @@
-"""The OmniAvatar DiT: agreement with a spec-derived reference, audio injection, AudioPack, timestep numerics."""
+"""The OmniAvatar DiT: agreement with an independent float64 reference, audio injection, AudioPack, timestep numerics."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def segment_inputs(config, frames=2, height=4, width=6, seed=0):
     return latents, y, context, audio
 
 
-def test_loaded_dit_matches_the_spec_reference_with_unmerged_lora(tiny_models, tiny_files):
+def test_loaded_dit_matches_the_float64_reference_with_unmerged_lora(tiny_models, tiny_files):
     """Conversion, merged LoRA, RoPE, audio injection and head against an independent float64 forward."""
     config = tiny_models.config
     latents, y, context, audio = segment_inputs(config, frames=3)
@@ -108,7 +108,7 @@ def test_timestep_is_rounded_to_bf16_before_a_float64_sinusoid():
     embed = Float64Timesteps(32)
     got = embed(torch.tensor([995.93]).to(torch.bfloat16))
     half = torch.pow(10000.0, -torch.arange(16, dtype=torch.float64) / 16)
-    angles = 996.0 * half  # 995.93 rounds to 996 in bf16 (spec §7)
+    angles = 996.0 * half  # 995.93 rounds to 996 in bf16
     want = torch.cat([torch.cos(angles), torch.sin(angles)]).to(torch.bfloat16)
     assert got.dtype == torch.bfloat16, f"expected the embedding in the timestep's dtype bf16, found {got.dtype}"
     assert torch.equal(got[0], want), f"expected the float64 sinusoid of 996 cast to bf16, found {got[0]} vs {want}"

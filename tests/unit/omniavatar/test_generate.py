@@ -9,6 +9,8 @@ import time
 
 import av
 import numpy as np
+import torch
+from safetensors.torch import save_file
 
 from model.omniavatar.generate import main
 from tests.helpers import audio_file, image_file, speech_like
@@ -62,3 +64,19 @@ def test_cli_as_a_module_writes_an_mp4_with_audio(tiny_dirs, tmp_path):
         assert len(container.streams.audio) == 1, "the MP4 must carry the speech"
         frames = sum(1 for _ in container.decode(video=0))
     assert frames == 39, f"expected 39 frames, found {frames}"
+
+
+def test_cli_fast_flags_reach_the_backend_and_dit_calls_are_saved(tiny_dirs, tmp_path):
+    lora = tmp_path / "distill.safetensors"
+    g = torch.Generator().manual_seed(0)
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.randn(2, 48, generator=g),
+               "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.randn(48, 2, generator=g)}, lora)  # fmt: skip
+    fast = ["--extra-lora", f"{lora}:0.5", "--timesteps", "1000,750,500,250", "--guidance-scale", "1"]
+    main([*cli_args(tiny_dirs, tmp_path, tmp_path / "fast.npz"), *fast])
+    main([*cli_args(tiny_dirs, tmp_path, tmp_path / "cached.npz"), "--steps", "6", "--tea-cache-threshold", "0.3"])
+    main([*cli_args(tiny_dirs, tmp_path, tmp_path / "default.npz"), "--steps", "6"])
+    fast, cached, default = (np.load(tmp_path / f"{n}.npz") for n in ("fast", "cached", "default"))
+    assert fast["dit_calls"].tolist() == [4, 4, 4], f"4 steps x 1 pass per segment expected, got {fast['dit_calls']}"
+    assert default["dit_calls"].tolist() == [12, 12, 12], f"6 steps x 2 passes expected, got {default['dit_calls']}"
+    assert all(c < 12 for c in cached["dit_calls"]), f"TeaCache must skip passes, got {cached['dit_calls']}"
+    assert fast["frames"].shape == default["frames"].shape, "the fast flags must not change the video's layout"

@@ -1,4 +1,4 @@
-"""Guidance passes and formulas of spec §8."""
+"""Guidance passes and formulas (upstream's 1 / 2 / 3-pass rule)."""
 
 from __future__ import annotations
 

@@ -172,7 +172,7 @@ def test_shipped_configs_are_matched_by_tensor_shapes(name):
 
 
 def test_shipped_configs_build_the_published_parameter_counts():
-    """Spec §3.1 / §13.3: 1 418 996 800 (1.3B) and 14 288 491 584 (14B) base parameters."""
+    """The published sizes: 1 418 996 800 (1.3B) and 14 288 491 584 (14B) base parameters."""
     for name, count in (("1.3b", 1_418_996_800), ("14b", 14_288_491_584)):
         shapes = wan_dit_shapes(CONFIGS[name])
         total = sum(torch.Size(s).numel() for s in shapes.values())

@@ -1,4 +1,4 @@
-"""Flow-matching tables and Euler step against spec §7."""
+"""Flow-matching tables (upstream's 50- and 25-step values), the Euler step and the explicit distilled schedule."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ BF16_T_25 = [
     1000, 992, 984, 972, 964, 952, 940, 928, 912, 900, 884, 864, 844, 820, 796, 768, 736, 700, 660, 612, 556, 488,
     406, 304, 172,
 ]  # fmt: skip
-# N = 4 is derived by hand from the spec's formula: u = 1, 0.75, 0.5, 0.25 -> σ = 5u / (1 + 4u)
+# N = 4 is derived by hand from the formula: u = 1, 0.75, 0.5, 0.25 -> σ = 5u / (1 + 4u)
 SIGMAS_4 = [1.0, 3.75 / 4.0, 2.5 / 3.0, 1.25 / 2.0]
 
 
@@ -36,13 +36,13 @@ SIGMAS_4 = [1.0, 3.75 / 4.0, 2.5 / 3.0, 1.25 / 2.0]
     ("steps", "sigmas", "bf16_timesteps"),
     [(50, SIGMAS_50, BF16_T_50), (25, SIGMAS_25, BF16_T_25), (4, SIGMAS_4, [1000, 936, 832, 624])],
 )
-def test_tables_match_spec(steps, sigmas, bf16_timesteps):
+def test_tables_match_upstream(steps, sigmas, bf16_timesteps):
     scheduler = FlowMatchScheduler(shift=5.0)
     scheduler.set_timesteps(steps)
     got = scheduler.sigmas.tolist()
     assert len(got) == steps, f"expected {steps} sigmas, found {len(got)}"
     worst = max(abs(a - b) for a, b in zip(got, sigmas, strict=True))
-    assert worst < 5e-7, f"sigmas differ from the spec table by up to {worst} (tolerance 5e-7): {got}"
+    assert worst < 5e-7, f"sigmas differ from upstream's table by up to {worst} (tolerance 5e-7): {got}"
     assert scheduler.sigmas.dtype == torch.float32, f"expected float32 sigmas, found {scheduler.sigmas.dtype}"
     as_bf16 = scheduler.timesteps.to(torch.bfloat16).float().tolist()
     assert as_bf16 == bf16_timesteps, f"expected bf16 timesteps {bf16_timesteps}, found {as_bf16}"
@@ -65,3 +65,22 @@ def test_step_keeps_the_sample_dtype():
     scheduler.set_timesteps(50)
     out = scheduler.step(torch.ones(4, dtype=torch.bfloat16), 0, torch.ones(4, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16, f"expected a bf16 result like upstream's latents, found {out.dtype}"
+
+
+def test_explicit_timesteps_follow_the_distilled_schedule_through_the_shift():
+    """lightx2v's 4-step LoRA: raw 1000/750/500/250 -> u = t/1000 -> σ = 5u / (1 + 4u), and σ = 0 after the last."""
+    scheduler = FlowMatchScheduler(shift=5.0)
+    scheduler.set_explicit_timesteps([1000, 750, 500, 250])
+    want = [1000.0, 937.5, 2500.0 / 3.0, 625.0]
+    assert scheduler.timesteps.tolist() == pytest.approx(want, abs=1e-3), (
+        f"expected DiT timesteps {want}, got {scheduler.timesteps.tolist()}"
+    )
+    sample, velocity = torch.ones(3), torch.full((3,), 2.0)
+    last = scheduler.step(velocity, 3, sample)  # x + v·(0 − 0.625)
+    assert torch.allclose(last, torch.full((3,), 1.0 - 2.0 * 0.625)), f"the last step must reach σ = 0, got {last}"
+
+
+@pytest.mark.parametrize("timesteps", [[], [1000, 1000], [250, 500], [1001, 500], [0]])
+def test_bad_explicit_timesteps_are_refused(timesteps):
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        FlowMatchScheduler().set_explicit_timesteps(timesteps)

@@ -1,4 +1,4 @@
-"""The UMT5 text encoder: prompt cleaning, 512 rows with padded rows zeroed, agreement with Wan's T5 (spec §5)."""
+"""The UMT5 text encoder: prompt cleaning, 512 rows with padded rows zeroed, agreement with Wan's T5."""
 
 from __future__ import annotations
 

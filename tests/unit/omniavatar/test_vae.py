@@ -1,4 +1,4 @@
-"""The Wan VAE wrapper: shapes, latent normalisation, and upstream's tiling rule (spec §6)."""
+"""The Wan VAE wrapper: shapes, latent normalisation, and upstream's tiling rule."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_encode_rejects_frame_counts_that_are_not_1_plus_4k(tiny_models):
         tiny_models.vae.encode(torch.zeros(1, 3, 4, 32, 32))
 
 
-def test_single_tile_equals_untiled_diffusers_calls_with_spec_normalisation(tiny_models):
+def test_single_tile_equals_untiled_diffusers_calls_with_wan_normalisation(tiny_models):
     """When one tile covers the whole input, encode/decode equal diffusers' own untiled encode/decode."""
     vae = tiny_models.vae
     video = torch.rand(1, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -40,17 +40,17 @@ def test_single_tile_equals_untiled_diffusers_calls_with_spec_normalisation(tiny
                         3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160]).view(1, 16, 1, 1, 1)  # fmt: skip
     with torch.no_grad():
         latents = vae.encode(video)
-        want = (vae.model.encode(video).latent_dist.mean - mean) * (1 / std)  # spec §6: z = (μ - mean)·(1/std)
+        want = (vae.model.encode(video).latent_dist.mean - mean) * (1 / std)  # z = (μ - mean)·(1/std)
         diff = max_diff(latents, want)
         assert diff < 1e-5, f"tiled encode differs from untiled diffusers encode by {diff} (tolerance 1e-5)"
         decoded = vae.decode(latents)
-        want = vae.model.decode(latents / (1 / std) + mean).sample  # spec §6; diffusers' decode clamps too
+        want = vae.model.decode(latents / (1 / std) + mean).sample  # diffusers' decode clamps too
         diff = max_diff(decoded, want)
         assert diff < 1e-5, f"tiled decode differs from untiled diffusers decode by {diff} (tolerance 1e-5)"
 
 
 @pytest.mark.parametrize(("height", "width", "encode_tiles", "decode_tiles"), [(720, 720, 25, 15), (400, 720, 10, 9)])
-def test_tile_counts_match_spec(height, width, encode_tiles, decode_tiles):
+def test_tile_counts_match_upstream(height, width, encode_tiles, decode_tiles):
     enc = len(tile_starts(height, 272, 144)) * len(tile_starts(width, 272, 128))
     dec = len(tile_starts(height // 8, 30, 15)) * len(tile_starts(width // 8, 52, 26))
     assert (enc, dec) == (encode_tiles, decode_tiles), (

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
+from deployments.auth import AuthOptions
 from deployments.generator import AvatarGenerator
 from deployments.ingress import AvatarIngress
 from deployments.serving import StreamOptions
@@ -36,6 +37,7 @@ class AppArgs(BaseModel):
     limits: RequestLimits = RequestLimits()
     encoding: EncodingOptions = EncodingOptions()
     stream: StreamOptions = StreamOptions()
+    auth: AuthOptions = AuthOptions()
     load_timeout_s: float = Field(3600.0, description="A backend still loading after this long is reported as failed")
     generator: dict[str, Any] = Field(default_factory=dict, description="Serve options for AvatarGenerator")
     ingress: dict[str, Any] = Field(default_factory=dict, description="Serve options for AvatarIngress")
@@ -58,4 +60,4 @@ def build_app(args: AppArgs) -> Application:
     if config.backend != args.backend:
         raise ValueError(f"args.backend is {args.backend!r} but {config.source} configures backend {config.backend!r}")
     generator = AvatarGenerator.options(**args.generator).bind(config, args.encoding, load_timeout_s=args.load_timeout_s)
-    return AvatarIngress.options(**args.ingress).bind(generator, config, args.limits, args.stream)
+    return AvatarIngress.options(**args.ingress).bind(generator, config, args.limits, args.stream, args.auth)

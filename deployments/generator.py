@@ -128,6 +128,7 @@ class AvatarGenerator:
 
         def on_step(_: Progress) -> None:
             record.steps += 1
+            self._metrics.steps.inc()
             if record.cancel_requested:
                 record.steps_after_cancel += 1
 

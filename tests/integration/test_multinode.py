@@ -29,6 +29,7 @@ from tests.e2e.server import free_port
 RAY = str(Path(sys.executable).with_name("ray"))
 SERVE = str(Path(sys.executable).with_name("serve"))
 RESOURCE = "avatar_generator"  # the custom resource only the second node has
+HEAD_RESOURCE = "avatar_ingress"  # keeps the ingress on the head, so that it outlives the second node
 START_TIMEOUT_S = 120
 ENV = {
     **os.environ,
@@ -82,7 +83,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     work = tmp_path_factory.mktemp("multinode")
     gcs, dashboard, http_port = free_port(), free_port(), free_port()
     head = Node("head", ["--head", f"--port={gcs}", "--num-cpus=2", "--num-gpus=0", f"--dashboard-port={dashboard}",
-                         "--dashboard-host=127.0.0.1", f"--ray-client-server-port={free_port()}"], work)  # fmt: skip
+                         "--dashboard-host=127.0.0.1", f"--ray-client-server-port={free_port()}",
+                         f"--resources={json.dumps({HEAD_RESOURCE: 1})}"], work)  # fmt: skip
     worker = Node("worker", [f"--address=127.0.0.1:{gcs}", "--num-cpus=2", f"--resources={json.dumps({RESOURCE: 1})}"], work)
     try:
         head.start()
@@ -103,7 +105,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
 def cluster_config(http_port: int) -> dict:
     """serve_config.yaml for two nodes: the project folder as working_dir (`serve deploy` runs from /), one proxy
-    (on the head: both nodes share this machine's ports), the generator on the node with RESOURCE."""
+    (on the head: both nodes share this machine's ports), the ingress on the head, the generator on the node
+    with RESOURCE."""
     config = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
     config["proxy_location"] = "HeadOnly"
     config["http_options"]["port"] = http_port
@@ -114,6 +117,8 @@ def cluster_config(http_port: int) -> dict:
         if spec["name"] == "AvatarGenerator":
             spec.pop("autoscaling_config", None)
             spec.update(num_replicas=1, ray_actor_options={"num_cpus": 1, "resources": {RESOURCE: 1}})
+        else:
+            spec["ray_actor_options"] = {"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.01}}
     return config
 
 

@@ -111,7 +111,7 @@ def rayservice(config_text: str, name: str, sizes: PodSizes) -> dict[str, Any]:
     worker["spec"]["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     worker_start = {"metrics-export-port": str(METRICS_PORT), "num-gpus": str(sizes.gpus_per_pod)}
     if needs["resources"]:
-        worker_start["resources"] = _quoted_json(needs["resources"], sizes.gpus_per_pod // max(1, needs["gpus"]))
+        worker_start["resources"] = _quoted_json(needs["resources"], replicas_per_pod)
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",

@@ -6,7 +6,6 @@ from a file, as an operator would provide them (never in the serve config)."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import httpx
 import pytest

@@ -52,9 +52,9 @@ async def _validation_error(_: Request, error: RequestValidationError) -> JSONRe
 @serve.ingress(app)
 class AvatarIngress:
     def __init__(
-        self, generator: DeploymentHandle, config: ModelConfig, limits: RequestLimits, options: StreamOptions, auth: AuthOptions = AuthOptions()
+        self, generator: DeploymentHandle, config: ModelConfig, limits: RequestLimits, options: StreamOptions, auth: AuthOptions | None = None
     ) -> None:
-        install(app, auth)  # middleware, before Serve starts the app
+        install(app, auth or AuthOptions())  # middleware, before Serve starts the app
         self.service = AvatarService(generator, config, limits, options)
 
     @app.get("/", include_in_schema=False)

@@ -30,7 +30,7 @@ RAY = str(Path(sys.executable).with_name("ray"))
 SERVE = str(Path(sys.executable).with_name("serve"))
 RESOURCE = "avatar_generator"  # the custom resource only the second node has
 HEAD_RESOURCE = "avatar_ingress"  # keeps the ingress on the head, so that it outlives the second node
-START_TIMEOUT_S = 120
+START_TIMEOUT_S = 240  # generous: a loaded 2-core machine starts Ray workers slowly
 ENV = {
     **os.environ,
     "RAY_AUTH_MODE": "disabled",  # token auth is on by default in Ray 2.60; the CLI would need the cluster's token
@@ -96,8 +96,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                                 env=ENV, capture_output=True, text=True, timeout=60, cwd="/")  # fmt: skip
         assert deploy.returncode == 0, f"expected serve deploy to succeed, found {deploy.returncode}: {deploy.stderr[-2000:]}"
         url = f"http://127.0.0.1:{http_port}"
-        _wait(lambda: generates(url), "the first generation through the head's proxy", head.log)
-        yield {"url": url, "worker": worker, "logs": work}
+        status = [SERVE, "status", f"--address=http://127.0.0.1:{dashboard}"]
+        _wait(lambda: generates(url), "the first generation through the head's proxy", head.log, status)
+        yield {"url": url, "worker": worker, "logs": work, "status": status}
     finally:
         worker.remove()
         head.remove()
@@ -129,14 +130,16 @@ def generates(url: str) -> bool:
     return False
 
 
-def _wait(condition, what: str, log: Path) -> None:
+def _wait(condition, what: str, log: Path, status: list[str] | None = None) -> None:
+    """Poll `condition`; on timeout, say what did not happen with the log's tail and `serve status`."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
             if condition():
                 return
         time.sleep(0.5)
-    raise TimeoutError(f"{what}: not within {START_TIMEOUT_S} s; {log.name}:\n{log.read_text()[-3000:]}")
+    serve_status = subprocess.run(status, env=ENV, capture_output=True, text=True, timeout=60).stdout if status else ""
+    raise TimeoutError(f"{what}: not within {START_TIMEOUT_S} s; {log.name}:\n{log.read_text()[-3000:]}\n{serve_status}")
 
 
 def test_a_node_lost_mid_stream_ends_it_with_an_error_then_serving_resumes(cluster: dict) -> None:
@@ -156,4 +159,4 @@ def test_a_node_lost_mid_stream_ends_it_with_an_error_then_serving_resumes(clust
     assert lines[-1]["error"]["message"], f"expected an error message, found {lines[-1]}"
 
     worker.start()  # the node comes back: Serve starts a generator replica on it
-    _wait(lambda: generates(url), "a generation after the node came back", cluster["logs"] / "worker.log")
+    _wait(lambda: generates(url), "a generation after the node came back", cluster["logs"] / "worker.log", cluster["status"])

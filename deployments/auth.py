@@ -113,7 +113,11 @@ class _PublicHealth:
         self.body += message.get("body", b"")
         if message.get("more_body", False):
             return
-        body = json.dumps(public_health(json.loads(self.body)), separators=(",", ":")).encode()
+        try:
+            public = public_health(json.loads(self.body))
+        except ValueError:  # not the service's JSON (a bare error page): say nothing it might hold
+            public = {"status": "unhealthy"}
+        body = json.dumps(public, separators=(",", ":")).encode()
         headers = [(k, v) for k, v in self.start["headers"] if k.lower() != b"content-length"]
         await self.send({**self.start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await self.send({"type": "http.response.body", "body": body})

@@ -1,23 +1,39 @@
 # Set-up and everyday commands. `make serve` and `make test` are the two a newcomer needs.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU build on machines without CUDA; override, e.g. TORCH_SPEC='torch>=2.13,<2.15', for a CUDA build.
-TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch>=2.13,<2.15' || echo 'torch==2.13.0')
+# The PyTorch build, chosen here and never detected: TORCH=cpu (default) installs torch==$(TORCH_VERSION)
+# from pip's configured index (set TORCH_INDEX=https://download.pytorch.org/whl/cpu for PyTorch's
+# CPU-only wheel); TORCH=cu126 or TORCH=cu128 installs that CUDA 12 build from PyTorch's index.
+# Changing TORCH, TORCH_VERSION or TORCH_INDEX reinstalls torch on the next `make setup`.
+TORCH ?= cpu
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?= $(if $(filter cpu,$(TORCH)),,https://download.pytorch.org/whl/$(TORCH))
+TORCH_REQ := torch==$(TORCH_VERSION)$(if $(filter cpu,$(TORCH)),,+$(TORCH))
+TORCH_PIP := '$(TORCH_REQ)' $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+TORCH_STAMP := $(VENV)/.torch-build
+# `make serve CONFIG=configs/serve-omniavatar-tiny.yaml PORT=8181`; the port defaults to the config's.
+CONFIG ?= serve_config.yaml
+PORT ?=
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup serve test bench clean tiny-model
+.PHONY: setup serve test bench clean tiny-model FORCE
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Holds the torch build's pip arguments; rewritten (and so newer than .installed) only when they change.
+$(TORCH_STAMP): FORCE
+	@mkdir -p $(VENV)
+	@echo "$(TORCH_PIP)" | cmp -s - $@ || echo "$(TORCH_PIP)" > $@
+
+$(VENV)/.installed: pyproject.toml $(TORCH_STAMP)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q $(if $(filter $(TORCH_STAMP),$?),--force-reinstall) $(TORCH_PIP)
+	$(PY) -m pip install -q -e '.[serve,test]'
 	touch $@
 
 serve: setup
-	$(VENV)/bin/serve run serve_config.yaml
+	$(PY) -m deploy.launch $(CONFIG) $(if $(PORT),--port $(PORT))
 
 test: setup browser-deps
 	$(PY) -m pytest

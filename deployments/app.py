@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
+from deployments.auth import AuthOptions
 from deployments.generator import AvatarGenerator
 from deployments.ingress import AvatarIngress
 from deployments.options import StreamOptions
@@ -36,6 +37,7 @@ class AppArgs(BaseModel):
     limits: RequestLimits = RequestLimits()
     encoding: EncodingOptions = EncodingOptions()
     stream: StreamOptions = StreamOptions()
+    auth: AuthOptions = AuthOptions()
     load_timeout_s: float = Field(3600.0, description="A replica whose backend is still loading after this long is replaced")
     generator: dict[str, Any] = Field(default_factory=dict, description="Serve options for AvatarGenerator")
     ingress: dict[str, Any] = Field(default_factory=dict, description="Serve options for AvatarIngress")
@@ -60,4 +62,4 @@ def build_app(args: AppArgs) -> Application:
     generator = AvatarGenerator.options(**args.generator).bind(
         config, args.encoding, load_timeout_s=args.load_timeout_s, options=args.stream
     )
-    return AvatarIngress.options(**args.ingress).bind(generator, config, args.limits, args.stream)
+    return AvatarIngress.options(**args.ingress).bind(generator, config, args.limits, args.stream, args.auth)

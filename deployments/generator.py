@@ -119,6 +119,7 @@ class AvatarGenerator:
         def on_step(_: Progress) -> None:
             self._last_progress = time.monotonic()
             record.steps += 1
+            self._metrics.steps.inc()
             if record.cancel_requested:
                 record.steps_after_cancel += 1
 

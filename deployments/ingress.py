@@ -13,6 +13,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 
+from deployments.auth import AuthOptions, install
+from deployments.docs import serve_docs
 from deployments.errors import ServiceError, error_response
 from deployments.framing import NdjsonFraming, SseFraming
 from deployments.options import StreamOptions
@@ -29,8 +31,11 @@ app = FastAPI(
     title="OmniAvatar streaming service",
     summary="Talking-avatar video from a face image, speech and a prompt, streamed segment by segment.",
     version="0.1.0",
+    docs_url=None,
+    redoc_url=None,
 )
 app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+serve_docs(app)
 
 
 @app.exception_handler(HTTPException)
@@ -49,7 +54,10 @@ async def _validation_error(_: Request, error: RequestValidationError) -> JSONRe
 @serve.deployment(name="AvatarIngress", ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
 class AvatarIngress:
-    def __init__(self, generator: DeploymentHandle, config: ModelConfig, limits: RequestLimits, options: StreamOptions) -> None:
+    def __init__(
+        self, generator: DeploymentHandle, config: ModelConfig, limits: RequestLimits, options: StreamOptions, auth: AuthOptions | None = None
+    ) -> None:
+        install(app, auth or AuthOptions())  # middleware, before Serve starts the app
         self.service = AvatarService(generator, config, limits, options)
         BODY_SCHEMA.clear()  # FastAPI builds /openapi.json on its first call, from this same dict
         BODY_SCHEMA.update(request_schema(limits, config.generation, config.planning.fps))

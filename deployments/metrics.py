@@ -43,5 +43,6 @@ class GeneratorMetrics:
         self.encode_seconds = Histogram(
             "avatar_segment_encode_seconds", description="MP4 encoding time per segment", boundaries=SECONDS
         )
+        self.steps = Counter("avatar_denoising_steps", description="Denoising steps done (compute seconds / steps = seconds a step)")
         self.cancelled = Counter("avatar_requests_cancelled", description="Generations stopped because the client left or its ingress died")
         self.failed = Counter("avatar_generations_failed", description="Generations that raised an error")

@@ -43,7 +43,7 @@ class RequestLimits:
     max_audio_channels: int = MAX_CHANNELS
     max_image_side: int = 4096
     max_prompt_chars: int = 2000
-    max_tea_cache_threshold: float = 1.0
+    max_tea_cache_threshold: float = 0.5
 
 
 class OversizedInteger:

@@ -73,7 +73,7 @@ def load_transformer(
     where = {key: path for key, (path, _) in files.dit_index.items()}
     check_layout(files.dit_shapes, base_layout, f"Wan2.1 DiT ({describe(config)})", where, ["patch_embedding.weight"])
     pairs, full = split_omniavatar_state_dict(files.omniavatar_state, source)
-    _check_omniavatar_tensors(files, config, pairs, full)
+    check_omniavatar_tensors(files, config, pairs, full)
     shapes = {**files.dit_shapes, **{k: tuple(t.shape) for k, t in full.items()}}
     deltas = [LoraDelta.uniform(pairs, config.lora_scale)]
     for lora in extra_loras:
@@ -139,7 +139,7 @@ def build_transformer(config: OmniAvatarConfig) -> OmniAvatarTransformer:
     )
 
 
-def _check_omniavatar_tensors(
+def check_omniavatar_tensors(
     files: CheckpointFiles, config: OmniAvatarConfig, pairs: Mapping[str, LoraPair], full: Mapping[str, torch.Tensor]
 ) -> None:
     """Every targeted Linear has a LoRA pair of rank `lora_rank`, and the full tensors are present."""

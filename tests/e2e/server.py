@@ -29,9 +29,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_run(workdir: Path, args: dict[str, Any] | None = None, deployments: dict[str, dict[str, Any]] | None = None) -> Iterator[str]:
-    """Yields the base URL of a service started from serve_config.yaml with `args` merged into the app's args
-    and `deployments` (name -> options) merged into its deployments section."""
+def serve_run(
+    workdir: Path,
+    args: dict[str, Any] | None = None,
+    deployments: dict[str, dict[str, Any]] | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """Yields the base URL of a service started from serve_config.yaml with `args` merged into the app's args,
+    `deployments` (name -> options) merged into its deployments section and `env` added to its environment."""
     config = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
     port = free_port()
     config["http_options"]["port"] = port
@@ -42,7 +47,7 @@ def serve_run(workdir: Path, args: dict[str, Any] | None = None, deployments: di
     config_path = workdir / "serve_config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = workdir / "serve.log"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(Path(sys.executable).with_name("serve")), "run", str(config_path)],

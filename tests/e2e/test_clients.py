@@ -66,15 +66,16 @@ class Packets:
 
 
 def packets(path: Path, kind: str) -> Packets:
+    """Everything is read while the file is open: PyAV's streams and packets are not valid after close."""
     with av.open(str(path)) as container:
         stream = getattr(container.streams, kind)[0]
         found = [p for p in container.demux(stream) if p.dts is not None]
-    return Packets(
-        starts=[p.pts * p.time_base for p in found],
-        ends=[(p.pts + p.duration) * p.time_base for p in found],
-        payloads=[bytes(p) for p in found],
-        time_base=stream.time_base,
-    )
+        return Packets(
+            starts=[p.pts * p.time_base for p in found],
+            ends=[(p.pts + p.duration) * p.time_base for p in found],
+            payloads=[bytes(p) for p in found],
+            time_base=Fraction(stream.time_base),
+        )
 
 
 def difference(found: list, expected: list) -> str:

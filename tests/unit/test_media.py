@@ -27,9 +27,9 @@ def decode_video(data: bytes) -> np.ndarray:
 
 def decode_audio_track(data: bytes) -> tuple[np.ndarray, int]:
     """(channels, n) float32 and the pts of the first decoded sample."""
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data)) as container:  # read the frames before the container closes
         frames = list(container.decode(audio=0))
-    return np.concatenate([f.to_ndarray() for f in frames], axis=1), frames[0].pts
+        return np.concatenate([f.to_ndarray() for f in frames], axis=1), frames[0].pts
 
 
 def lag_of(x: np.ndarray, reference: np.ndarray) -> int:

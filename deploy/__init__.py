@@ -1,0 +1,1 @@
+"""Deployment tooling: the `make serve` launcher, the KubeRay manifest generator, monitoring files."""

@@ -1,0 +1,1 @@
+"""The KubeRay RayService for the GPU serve configs (generate.py writes it)."""

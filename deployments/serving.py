@@ -76,7 +76,7 @@ class AvatarService:
         self.limits = limits
         self.options = options
         self.metrics = IngressMetrics()
-        self._waiting: dict[str, None] = {}  # ids of submitted requests no generator took yet, oldest first
+        self._waiting: dict[str, str] = {}  # id -> profile of submitted requests no generator took yet, oldest first
 
     # -- routes ----------------------------------------------------------------------------------------------
 
@@ -160,7 +160,7 @@ class AvatarService:
         plan = plan_segments(request, config.planning)
         job = GenerationJob(request_id=request_id, request=request, plan=plan, caller=self._caller)
         submission = Submission(job=job, stream=self.profiles.stream(request.profile, job), arrived=arrived)
-        self._waiting[request_id] = None
+        self._waiting[request_id] = request.profile
         try:
             await self._take_accepted(submission, accept_within_s)
         except BaseException:
@@ -183,10 +183,13 @@ class AvatarService:
         self.metrics.queue_wait.observe(time.monotonic() - submission.arrived)
 
     def _ahead(self, request_id: str) -> int:
-        """Requests this ingress submitted earlier that no generator took yet (other ingress replicas' unknown)."""
-        for position, waiting in enumerate(self._waiting):
+        """Requests for the same profile this ingress submitted earlier that no generator took yet (other ingress
+        replicas' unknown)."""
+        profile, ahead = self._waiting.get(request_id), 0
+        for waiting, waiting_for in self._waiting.items():
             if waiting == request_id:
-                return position
+                return ahead
+            ahead += waiting_for == profile
         return 0
 
     # -- streaming -------------------------------------------------------------------------------------------

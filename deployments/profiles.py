@@ -80,6 +80,7 @@ class ProfileRouter:
                 "status": state.status,
                 "model_loaded": state.ready > 0,
                 "backend": self._profiles[name].config.backend,
+                "config": self._profiles[name].config.source,  # a file path: only callers with a key see it
                 **state.backend,
                 "generators": state.to_dict(),
                 "error": state.error,

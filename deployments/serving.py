@@ -91,6 +91,7 @@ class AvatarService:
             "model_loaded": ready,
             "streaming_supported": True,
             "backend": default.config.backend,
+            "config": default.config.source,
             **replicas.backend,
             "generators": replicas.to_dict(),
             "error": replicas.error or next((f"profile {name}: {s.error}" for name, s in states.items() if s.error), None),

@@ -23,7 +23,8 @@ from tests.integration.streams import ROUTES, after_queued, decode_frames, segme
 CONFIG = "configs/serve-omniavatar-tiny-profiles.yaml"
 SPEECH = audio_file(speech_like(0.4), 16000)  # 0.3 s lead-in + 0.4 s: 2 segments
 REQUEST = {"prompt": "a person talking", "image_base64": b64(EXAMPLE_IMAGE.read_bytes()), "audio_base64": b64(SPEECH), "seed": 3}
-STEPS = {"quality": 4, "fast": 2}  # configs/omniavatar-tiny.yaml and omniavatar-tiny-fast.yaml
+CONFIGS = {"quality": "configs/omniavatar-tiny.yaml", "fast": "configs/omniavatar-tiny-fast.yaml"}
+STEPS = {"quality": 4, "fast": 2}  # as those configs set them
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,7 @@ def test_health_lists_every_profile_with_its_generators(profiled: Service, clien
         assert (profile["status"], profile["backend"], profile["device"]) == ("healthy", "omniavatar", "cpu"), (name, profile)
         assert profile["generators"]["ready"] == 1, f"{name}: expected 1 ready generator, got {profile['generators']}"
         assert profile["defaults"]["num_steps"] == STEPS[name], f"{name}: expected {STEPS[name]} steps, got {profile['defaults']}"
+        assert profile["config"] == CONFIGS[name], f"{name}: expected the model config {CONFIGS[name]}, got {profile['config']}"
     assert profiles["fast"]["defaults"]["guidance_scale"] == 1.0, profiles["fast"]["defaults"]
 
 

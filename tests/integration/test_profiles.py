@@ -1,7 +1,7 @@
 """Profiles in one service, as configs/serve-omniavatar-tiny-profiles.yaml serves them: the tiny OmniAvatar as
 `quality` (the default, 4 steps with guidance) and `fast` (2 steps, no guidance) on their own generator
 deployments. Each streams from its own generators with its own defaults, /health and OpenAPI list both, and
-an unknown profile is refused by name."""
+an unknown profile is refused by name; a profile that cannot load leaves the others serving."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import httpx
 import pytest
 from ray import serve
 
-from deployments.app import AppArgs, build_app
+from deployments.app import AppArgs, ProfileArgs, build_app
 from deployments.profiles import generator_name
 from model.responses import HealthResponse
 from tests.helpers import EXAMPLE_IMAGE, audio_file, b64, speech_like
-from tests.integration.conftest import Service, run_app
+from tests.integration.conftest import Service, run_app, wait_until_loaded
 from tests.integration.streams import ROUTES, after_queued, decode_frames, segment_bytes
 
 CONFIG = "configs/serve-omniavatar-tiny-profiles.yaml"
@@ -89,3 +89,31 @@ def test_openapi_offers_the_profiles(profiled: Service, client: httpx.Client) ->
     for route in ROUTES:
         field = paths[f"/{route}"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["profile"]
         assert (field["enum"], field["default"]) == (["quality", "fast"], "quality"), f"/{route} profile field: {field}"
+
+
+def test_a_profile_that_cannot_load_leaves_the_others_serving(base_url: str, tmp_path: Path, client: httpx.Client) -> None:
+    app = "profiles-broken"
+    broken = ProfileArgs(
+        config="configs/omniavatar-tiny.yaml",
+        model_dir=str(tmp_path / "missing"),  # its load fails at once, and Serve gives up on it
+        generator={"num_replicas": 1, "max_constructor_retry_count": 1, "ray_actor_options": {"num_cpus": 0}},
+    )
+    preview = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}}  # no logical CPUs: the session's apps hold them
+    args = AppArgs.from_serve_config(generator=preview, profiles={"broken": broken})
+    serve.run_many([serve.RunTarget(build_app(args), name=app, route_prefix=f"/{app}")], wait_for_applications_running=False)
+    url = f"{base_url}/{app}"
+    try:
+        health = wait_until_loaded(url)
+        body = health.json()
+        assert health.status_code == 503 and body["status"] == "unhealthy", f"expected 503 unhealthy, got {health.status_code} {body}"
+        states = {name: profile["status"] for name, profile in body["profiles"].items()}
+        assert states == {"default": "healthy", "broken": "unhealthy"}, f"expected only broken unhealthy, got {states}"
+        assert body["error"].startswith("profile broken:"), f"the error should name the profile: {body['error']}"
+        refused = client.post(f"{url}/generate", json={"prompt": "a person talking", "num_frames": 9, "profile": "broken"})
+        error = refused.json()["error"]
+        assert refused.status_code == 503 and error["code"] == "not_ready", f"expected 503 not_ready, got {refused.text}"
+        assert "profile broken failed to load" in error["message"], error
+        served = client.post(f"{url}/generate", json={"prompt": "a person talking", "num_frames": 9, "height": 128, "width": 128})
+        assert served.status_code == 200 and served.json()["profile"] == "default", f"the default profile still serves: {served.text[:300]}"
+    finally:
+        serve.delete(app)

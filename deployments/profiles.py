@@ -12,6 +12,7 @@ from typing import Any
 
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from deployments.events import GenerationJob
 from deployments.health import GeneratorReplicas, GeneratorWatch
 from model.config import ModelConfig
 from model.request import Profile
@@ -62,7 +63,7 @@ class ProfileRouter:
     def config(self, name: str) -> ModelConfig:
         return self._profiles[name].config
 
-    def stream(self, name: str, job: Any) -> DeploymentResponseGenerator:
+    def stream(self, name: str, job: GenerationJob) -> DeploymentResponseGenerator:
         """Submit `job` to the generators of profile `name`."""
         return self._streams[name].remote(job)
 

@@ -18,9 +18,10 @@ from deployments.docs import serve_docs
 from deployments.errors import ServiceError, error_response
 from deployments.framing import NdjsonFraming, SseFraming
 from deployments.options import StreamOptions
+from deployments.profiles import ProfileRouter, ServedProfile
 from deployments.serving import AvatarService
 from model.config import GenerationDefaults, ModelConfig
-from model.request import RequestLimits, request_schema
+from model.request import DEFAULT_PROFILE, RequestLimits, request_schema
 from model.responses import openapi_responses
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -55,12 +56,21 @@ async def _validation_error(_: Request, error: RequestValidationError) -> JSONRe
 @serve.ingress(app)
 class AvatarIngress:
     def __init__(
-        self, generator: DeploymentHandle, config: ModelConfig, limits: RequestLimits, options: StreamOptions, auth: AuthOptions | None = None
+        self,
+        generator: DeploymentHandle,
+        config: ModelConfig,
+        limits: RequestLimits,
+        options: StreamOptions,
+        auth: AuthOptions | None = None,
+        default_profile: str = DEFAULT_PROFILE,
+        other_profiles: tuple[ServedProfile, ...] = (),
     ) -> None:
+        """`generator` and `config` serve the default profile, named `default_profile` in requests."""
         install(app, auth or AuthOptions())  # middleware, before Serve starts the app
-        self.service = AvatarService(generator, config, limits, options)
+        profiles = ProfileRouter([ServedProfile(default_profile, generator, config), *other_profiles], options.health_timeout_s)
+        self.service = AvatarService(profiles, limits, options)
         BODY_SCHEMA.clear()  # FastAPI builds /openapi.json on its first call, from this same dict
-        BODY_SCHEMA.update(request_schema(limits, config.generation, config.planning.fps))
+        BODY_SCHEMA.update(request_schema(limits, config.generation, config.planning.fps, profiles.names))
 
     @app.get("/", include_in_schema=False)
     async def page(self) -> Response:

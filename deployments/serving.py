@@ -1,5 +1,5 @@
 """AvatarService: one request's way through the ingress. Read and validate at the door, plan, submit to the
-generators and wait briefly for one to accept (the last moment for a real 4xx/503); a request still waiting
+generators of the request's profile and wait briefly for one to accept (the last moment for a real 4xx/503); a request still waiting
 then streams `queued` until a generator takes it, and every later failure is the stream's error event."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import ray
-from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from ray.serve.handle import DeploymentResponseGenerator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -23,11 +23,10 @@ from deployments.body import read_body
 from deployments.errors import QueueTimeout, ReplicaStalled, as_service_error, error_response
 from deployments.events import Accepted, EncodedSegment, GenerationJob, Progress
 from deployments.framing import Framing
-from deployments.health import GeneratorWatch
 from deployments.metrics import IngressMetrics
 from deployments.options import StreamOptions
+from deployments.profiles import ProfileRouter, combined_status
 from deployments.ticker import TIMEOUT, Ticker
-from model.config import ModelConfig
 from model.errors import NotReadyError, RequestError
 from model.media import concatenate_segments
 from model.plan import SegmentPlan, plan_segments
@@ -71,34 +70,39 @@ def _own_actor() -> Any:
 class AvatarService:
     """The ingress's logic, behind routes of a few lines."""
 
-    def __init__(self, generator: DeploymentHandle, config: ModelConfig, limits: RequestLimits, options: StreamOptions) -> None:
-        self._stream_handle = generator.options(stream=True, method_name="generate")
-        self._generators = GeneratorWatch(generator.app_name, generator.deployment_name, options.health_timeout_s)
+    def __init__(self, profiles: ProfileRouter, limits: RequestLimits, options: StreamOptions) -> None:
+        self.profiles = profiles
         self._caller = _own_actor()
-        self.config = config
         self.limits = limits
         self.options = options
         self.metrics = IngressMetrics()
-        self._waiting: dict[str, None] = {}  # ids of submitted requests no generator took yet, oldest first
+        self._waiting: dict[str, str] = {}  # id -> profile of submitted requests no generator took yet, oldest first
 
     # -- routes ----------------------------------------------------------------------------------------------
 
     async def health(self) -> JSONResponse:
-        replicas = await self._generators.replicas()
+        """The default profile's backend and state at the top level (status: every profile's), each profile's in `profiles`."""
+        states = await self.profiles.all_replicas()
+        default = self.profiles.default
+        replicas = states[default.name]
+        ready = all(state.ready for state in states.values())
         body = {
-            "status": replicas.status,
-            "model_loaded": replicas.ready > 0,
+            "status": combined_status(list(states.values())),
+            "model_loaded": ready,
             "streaming_supported": True,
-            "backend": self.config.backend,
+            "backend": default.config.backend,
+            "config": default.config.source,
             **replicas.backend,
             "generators": replicas.to_dict(),
-            "error": replicas.error,
+            "error": replicas.error or next((f"profile {name}: {s.error}" for name, s in states.items() if s.error), None),
             "queued": len(self._waiting),
-            "defaults": asdict(self.config.generation),
+            "defaults": asdict(default.config.generation),
             "limits": asdict(self.limits),
+            "default_profile": default.name,
+            "profiles": self.profiles.describe(states),
         }
-        headers = {} if replicas.ready else {"Retry-After": str(self.options.retry_after_s)}
-        return JSONResponse(body, status_code=200 if replicas.ready else 503, headers=headers)
+        headers = {} if ready else {"Retry-After": str(self.options.retry_after_s)}
+        return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
 
     async def stream(self, http_request: Request, framing: Framing, route: str) -> Response:
         submission = await self._submit_or_error(http_request, self.options.queued_after_s)
@@ -147,16 +151,17 @@ class AvatarService:
         if not REQUEST_ID.match(request_id):
             raise RequestError("invalid_request_id", "X-Request-ID must be 1 to 128 letters, digits, '.', ':', '_' or '-'", status=400)
         check_content_type(http_request.headers.get("content-type"))
-        replicas = await self._generators.replicas()
-        if replicas.failed:  # a request would wait for a replica that will not come
-            raise NotReadyError(f"the {self.config.backend} backend failed to load: {replicas.error}", 60)
         options = self.options
         raw = await read_body(http_request, self.limits, options.body_timeout_s, options.drain_bytes)
-        request = await asyncio.to_thread(parse_request, raw, self.limits, self.config.generation, self.config.planning.fps)
-        plan = plan_segments(request, self.config.planning)
+        request = await asyncio.to_thread(parse_request, raw, self.limits, profiles=self.profiles.request_profiles)
+        config = self.profiles.config(request.profile)
+        replicas = await self.profiles.replicas(request.profile)
+        if replicas.failed:  # a request would wait for a replica that will not come
+            raise NotReadyError(f"the {config.backend} backend of profile {request.profile} failed to load: {replicas.error}", 60)
+        plan = plan_segments(request, config.planning)
         job = GenerationJob(request_id=request_id, request=request, plan=plan, caller=self._caller)
-        submission = Submission(job=job, stream=self._stream_handle.remote(job), arrived=arrived)
-        self._waiting[request_id] = None
+        submission = Submission(job=job, stream=self.profiles.stream(request.profile, job), arrived=arrived)
+        self._waiting[request_id] = request.profile
         try:
             await self._take_accepted(submission, accept_within_s)
         except BaseException:
@@ -179,10 +184,13 @@ class AvatarService:
         self.metrics.queue_wait.observe(time.monotonic() - submission.arrived)
 
     def _ahead(self, request_id: str) -> int:
-        """Requests this ingress submitted earlier that no generator took yet (other ingress replicas' unknown)."""
-        for position, waiting in enumerate(self._waiting):
+        """Requests for the same profile this ingress submitted earlier that no generator took yet (other ingress
+        replicas' unknown)."""
+        profile, ahead = self._waiting.get(request_id), 0
+        for waiting, waiting_for in self._waiting.items():
             if waiting == request_id:
-                return position
+                return ahead
+            ahead += waiting_for == profile
         return 0
 
     # -- streaming -------------------------------------------------------------------------------------------
@@ -299,6 +307,7 @@ class AvatarService:
             "duration_s": round(plan.duration_s, 3),
             "lead_in_s": plan.lead_in_s,
             "seed": submission.job.request.seed,
+            "profile": submission.job.request.profile,
         }
 
     def _summary(self, submission: Submission) -> dict[str, Any]:

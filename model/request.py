@@ -15,7 +15,7 @@ import json
 import random
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model, field_validator
@@ -31,6 +31,7 @@ DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w-]+=[\w.-]+)*;base64,", re.I
 JSON_CONTENT_TYPES = ("application/json",)
 MEDIA_FIELDS = ("image_base64", "audio_base64")
 MAX_FIELD_NAME_CHARS = 64  # of an unknown field's name, as errors repeat it
+DEFAULT_PROFILE = "default"  # the name of a service's only profile when its serve config declares none
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,15 @@ class RequestLimits:
     max_image_side: int = 4096
     max_prompt_chars: int = 2000
     max_tea_cache_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A served profile as a request sees it: its name and its model config's request defaults and frame rate."""
+
+    name: str = DEFAULT_PROFILE
+    defaults: GenerationDefaults = GenerationDefaults()
+    fps: int = 25
 
 
 class OversizedInteger:
@@ -68,15 +78,26 @@ class _FieldRules(BaseModel):
 
 
 @functools.lru_cache(maxsize=16)
-def request_model(limits: RequestLimits, defaults: GenerationDefaults, fps: int = 25) -> type[BaseModel]:
+def request_model(
+    limits: RequestLimits, defaults: GenerationDefaults, fps: int = 25, profiles: tuple[str, ...] = (DEFAULT_PROFILE,)
+) -> type[BaseModel]:
     """The JSON body of /generate, /generate-stream and /generate-stream-chunked: each field's type, rule,
-    default and documentation, with `limits` and the model config's `defaults` filled in."""
+    default and documentation, with `limits` and the model config's `defaults` filled in; `profiles` are the
+    names a request may choose from, the first the default."""
     prompt_chars = limits.max_prompt_chars
     max_frames = int(limits.max_audio_s * fps) + 1
     return create_model(
         "GenerateFields",
         __base__=_FieldRules,
         __doc__="The JSON body of the three generate endpoints.",
+        profile=(
+            Literal[profiles],
+            Field(
+                profiles[0],
+                description=f"The service profile that generates the video: {', '.join(profiles)}. Each has its own model"
+                " configuration and defaults (GET /health lists them); the defaults shown here are the default profile's",
+            ),
+        ),
         prompt=(
             Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=prompt_chars)],
             Field(description=f"What the video shows; 1 to {prompt_chars} characters after trimming"),
@@ -128,9 +149,11 @@ def request_model(limits: RequestLimits, defaults: GenerationDefaults, fps: int 
     )
 
 
-def request_schema(limits: RequestLimits, defaults: GenerationDefaults, fps: int = 25) -> dict[str, Any]:
+def request_schema(
+    limits: RequestLimits, defaults: GenerationDefaults, fps: int = 25, profiles: tuple[str, ...] = (DEFAULT_PROFILE,)
+) -> dict[str, Any]:
     """The OpenAPI (JSON Schema) of the request body."""
-    return request_model(limits, defaults, fps).model_json_schema()
+    return request_model(limits, defaults, fps, profiles).model_json_schema()
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,6 +173,7 @@ class GenerateRequest:
     overlap_frame: int
     seed: int
     tea_cache_threshold: float = 0.0  # 0: off
+    profile: str = DEFAULT_PROFILE
 
 
 def check_content_type(content_type: str | None) -> None:
@@ -163,13 +187,22 @@ def check_content_type(content_type: str | None) -> None:
         )
 
 
-def parse_request(body: bytes, limits: RequestLimits, defaults: GenerationDefaults, fps: int = 25) -> GenerateRequest:
-    """Validate a JSON body and decode its media. Raises RequestError (400/413/422) naming the bad field."""
+def parse_request(
+    body: bytes, limits: RequestLimits, defaults: GenerationDefaults = GenerationDefaults(), fps: int = 25, profiles: tuple[Profile, ...] = ()
+) -> GenerateRequest:
+    """Validate a JSON body and decode its media. Raises RequestError (400/413/422) naming the bad field.
+
+    `profiles` are those a request may name, the first its default; without them, one profile named
+    DEFAULT_PROFILE with `defaults` and `fps`. A request's defaults and frame rate are its profile's."""
     if len(body) > limits.max_body_bytes:
         raise body_too_large(len(body), limits)
     _check_json_size(body, limits)
-    model = request_model(limits, defaults, fps)
-    fields = _validate_fields(model, _parse_json_object(body))
+    served = profiles or (Profile(DEFAULT_PROFILE, defaults, fps),)
+    data = _parse_json_object(body)
+    named = data.get("profile")
+    profile = next((p for p in served if isinstance(named, str) and p.name == named), served[0])
+    model = request_model(limits, profile.defaults, profile.fps, tuple(p.name for p in served))  # an unknown name fails here
+    fields = _validate_fields(model, data)
     if fields.audio_base64 is not None and "num_frames" in fields.model_fields_set:
         raise RequestError(
             "invalid_field", "num_frames applies only without audio: the audio sets the video length", "num_frames"
@@ -182,7 +215,7 @@ def parse_request(body: bytes, limits: RequestLimits, defaults: GenerationDefaul
         audio = decode_audio(
             decode_base64(fields.audio_base64, "audio_base64"),
             limits.max_audio_s,
-            fps,
+            profile.fps,
             max_sample_rate=limits.max_audio_sample_rate,
             max_channels=limits.max_audio_channels,
         )

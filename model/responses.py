@@ -32,6 +32,7 @@ class VideoSummary(_Answer):
     duration_s: float
     lead_in_s: float = Field(description="Silence before the speech (0 without audio)")
     seed: int
+    profile: str = Field(description="The profile that generates the video")
 
 
 class StartEvent(VideoSummary):
@@ -136,13 +137,25 @@ class VideoResponse(VideoSummary):
     elapsed_s: float
 
 
-class HealthResponse(_Answer):
-    """GET /health: 200 when a generator can take requests, else 503 with the reason."""
+class ProfileHealth(_Answer):
+    """One profile in GET /health: the state of its generators and its model config's request defaults."""
 
     status: str = Field(description="healthy, loading or unhealthy")
     model_loaded: bool
+    backend: str
+    defaults: dict[str, Any]
+
+
+class HealthResponse(_Answer):
+    """GET /health: 200 when every profile has a generator that can take requests, else 503 with the reason.
+    The top-level backend fields describe the default profile."""
+
+    status: str = Field(description="healthy (every profile), loading or unhealthy (one profile failed)")
+    model_loaded: bool
     streaming_supported: bool
     backend: str
+    default_profile: str = Field(description="The profile of requests that name none")
+    profiles: dict[str, ProfileHealth] = Field(description="Every profile a request may name in `profile`")
 
 
 def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:

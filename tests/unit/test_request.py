@@ -10,7 +10,7 @@ from PIL import Image
 
 from model.config import GenerationDefaults
 from model.errors import RequestError
-from model.request import RequestLimits, check_content_type, parse_request, request_schema
+from model.request import DEFAULT_PROFILE, Profile, RequestLimits, check_content_type, parse_request, request_schema
 from model.responses import openapi_responses
 from tests.helpers import EXAMPLE_IMAGE, EXAMPLE_SPEECH, audio_file, b64, body, image_file, speech_like
 
@@ -181,6 +181,40 @@ def test_limits_and_defaults_are_injected_into_one_schema() -> None:
     assert refused(body(tea_cache_threshold=0.6), limits).field == "tea_cache_threshold"
     assert parse_request(body(tea_cache_threshold=0.2), limits, DEFAULTS).tea_cache_threshold == 0.2
     assert parse_request(body(), limits, DEFAULTS).tea_cache_threshold == 0.0, "0 (off) unless the model config says otherwise"
+
+
+PROFILES = (Profile("quality", DEFAULTS), Profile("fast", GenerationDefaults(num_steps=2, guidance_scale=1.0, num_frames=41), fps=16))
+
+
+def refused_as(raw: bytes, limits: RequestLimits) -> RequestError:
+    with pytest.raises(RequestError) as caught:
+        parse_request(raw, limits, profiles=PROFILES)
+    return caught.value
+
+
+def test_a_profile_brings_its_own_defaults_and_frame_rate() -> None:
+    fast = parse_request(body(profile="fast"), LIMITS, profiles=PROFILES)
+    assert (fast.profile, fast.num_steps, fast.guidance_scale, fast.num_frames) == ("fast", 2, 1.0, 41), fast
+    one_second = RequestLimits(max_audio_s=1.0)  # at most 1 + 1 s of frames: 26 at 25 fps, 17 at the fast profile's 16
+    assert parse_request(body(num_frames=20), one_second, profiles=PROFILES).num_frames == 20
+    assert "less than or equal to 17" in refused_as(body(profile="fast", num_frames=20), one_second).message
+    default = parse_request(body(num_steps=3), LIMITS, profiles=PROFILES)
+    assert (default.profile, default.num_steps, default.guidance_scale) == ("quality", 3, 4.5), default
+    assert parse_request(body(), LIMITS, DEFAULTS).profile == DEFAULT_PROFILE, "without profiles, one named default"
+
+
+@pytest.mark.parametrize("named", ["turbo", "", 5, ["fast"], None])
+def test_an_unknown_profile_is_refused_naming_the_known_ones(named: object) -> None:
+    error = refused_as(body(profile=named), LIMITS)
+    assert (error.status, error.field) == (422, "profile"), (error.status, error.field, error.message)
+    assert "'quality' or 'fast'" in error.message, f"the message should name the known profiles: {error.message}"
+
+
+def test_the_schema_offers_the_profiles() -> None:
+    field = request_schema(LIMITS, DEFAULTS, profiles=("quality", "fast"))["properties"]["profile"]
+    assert (field["enum"], field["default"]) == (["quality", "fast"], "quality"), field
+    single = request_schema(LIMITS, DEFAULTS)["properties"]["profile"]
+    assert (single.get("const"), single["default"]) == (DEFAULT_PROFILE, DEFAULT_PROFILE), single
 
 
 @pytest.mark.parametrize("media_type", ["text/event-stream", "application/x-ndjson", None])

@@ -74,8 +74,7 @@ class AvatarGenerator:
         self._last_progress = time.monotonic()
         self._backend = await self._load(config, backend_cls or backend_class(config.backend), load_timeout_s)
         replica = serve.get_replica_context()
-        described = {**self._backend.describe(), "config": config.source}  # paths: /health shows them only to callers with a key
-        await asyncio.to_thread(publish_backend, replica.app_name, replica.deployment, described)
+        await asyncio.to_thread(publish_backend, replica.app_name, replica.deployment, self._backend.describe())
 
     @staticmethod
     async def _load(config: ModelConfig, backend_cls: type[AvatarBackend], timeout_s: float) -> AvatarBackend:

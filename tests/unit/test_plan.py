@@ -1,5 +1,5 @@
-"""The segment planner against omniavatar-spec.md: the worked example of §9.5, the table of §9.1, the
-float ceil of §1.3.4 and the buckets of §1.2."""
+"""The segment planner against upstream OmniAvatar's rules: a worked example of a long request, the table of
+segment counts, the float ceil of the frame count and the size buckets."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def make_request(num_samples: int | None = None, image_hw: tuple[int, int] | Non
 
 
 def test_worked_example_720x720_ten_seconds() -> None:
-    """§9.5: 10 s of speech + 0.3 s lead-in at 720x720 -> L 57, S 276, 6 segments, 259 frames."""
+    """Upstream's worked example: 10 s of speech + 0.3 s lead-in at 720x720 -> L 57, S 276, 6 segments, 259 frames."""
     plan = plan_segments(make_request(num_samples=160_000), PlanConfig(lead_in_s=0.3))
     assert (plan.height, plan.width) == (720, 720)
     assert (plan.frames_per_segment, plan.latent_frames, plan.overlap, plan.prefix_latents) == (57, 15, 13, 4)
@@ -47,13 +47,13 @@ def test_worked_example_720x720_ten_seconds() -> None:
 
 
 def test_worked_example_without_lead_in() -> None:
-    """§9.5: the same audio with no lead-in -> 250 audio frames, still S = 276 and 6 segments, 251 frames."""
+    """Upstream's worked example: the same audio with no lead-in -> 250 audio frames, still S = 276 and 6 segments, 251 frames."""
     plan = plan_segments(make_request(num_samples=160_000), PlanConfig(lead_in_s=0.0))
     assert (plan.audio_frames, plan.padded_audio_frames, plan.num_segments, plan.num_frames) == (250, 276, 6, 251)
 
 
 def test_two_second_clip_is_one_segment() -> None:
-    """§9.5: 50 audio rows -> S = 56, one segment, 51 frames."""
+    """Upstream's worked example: 50 audio rows -> S = 56, one segment, 51 frames."""
     plan = plan_segments(make_request(num_samples=32_000), PlanConfig(lead_in_s=0.0))
     assert (plan.padded_audio_frames, plan.num_segments, plan.num_frames) == (56, 1, 51)
     assert plan.segments[0].num_frames == 51
@@ -65,13 +65,13 @@ def test_two_second_clip_is_one_segment() -> None:
      (30000, 720, 1280, 33, 9), (60000, 720, 720, 117, 30), (80000, 720, 720, 157, 40)],
 )
 def test_segment_length_table(max_tokens: int, height: int, width: int, length: int, latent: int) -> None:
-    """§9.1's table of L and T."""
+    """Upstream's table of L and T."""
     got = frames_per_segment(max_tokens, height, width)
     assert (got, (got + 3) // 4) == (length, latent)
 
 
 def test_float_ceil_quirk() -> None:
-    """§1.3.4 / Q9: ceil(4480 / 16000 * 25) is 8 in float64, not the exact 7."""
+    """Upstream's float ceil: ceil(4480 / 16000 * 25) is 8 in float64, not the exact 7."""
     assert audio_frames(4480, 16000, 25) == 8
     assert audio_frames(4481, 16000, 25) == 8
     assert audio_frames(640 * 3, 16000, 25) == 3
@@ -84,7 +84,7 @@ def test_float_ceil_quirk() -> None:
      (768, 1024, BUCKETS_1280, (720, 1280))],
 )
 def test_bucket_choice(h: int, w: int, buckets, expected) -> None:
-    """§1.2.2's examples."""
+    """Upstream's bucket examples."""
     assert choose_bucket(h, w, buckets) == expected
 
 

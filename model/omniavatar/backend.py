@@ -36,10 +36,12 @@ from model.omniavatar.config import OmniAvatarOptions
 from model.omniavatar.dit import TextKV
 from model.omniavatar.guidance import Guidance
 from model.omniavatar.loading import CheckpointFiles, LoadedModels, load_models
+from model.omniavatar.parallel import CollectiveCancel, ParallelGroups, ParallelLayout
 from model.omniavatar.sampling import Conditions, denoise_segment
 from model.omniavatar.scheduler import FlowMatchScheduler
 from model.omniavatar.speed import bucket_latent_shapes, prepare_dit, warm_up_dit
 from model.omniavatar.teacache import COEFFICIENTS, tea_cache_size
+from model.omniavatar.ulysses import SequenceParallel
 from model.plan import SegmentPlan, SegmentSpec
 from model.request import GenerateRequest
 
@@ -132,6 +134,7 @@ class OmniAvatarBackend(AvatarBackend):
         )
         self.models.vae.tiled_decode = self.options.vae_tiling
         self.tea_cache_model = tea_cache_size(self.options.tea_cache_model, self.models.config.name)
+        self.parallel = self._join_ranks(self.options.parallel)  # before prepare_dit: it sets every kernel
         self.dit_setup = prepare_dit(
             self.models.dit, self.models.device, self.options.attention, self.options.compile, self.options.offload
         )
@@ -145,6 +148,16 @@ class OmniAvatarBackend(AvatarBackend):
                 f"{config.source}: planning.sample_rate {config.planning.sample_rate} and fps {config.planning.fps} "
                 f"must match wav2vec2's {audio_rate} Hz with a whole number of samples per frame"
             )
+
+    def _join_ranks(self, layout: ParallelLayout) -> ParallelGroups | None:
+        """With more than one rank: meet the others and run the DiT's blocks sequence parallel (ulysses > 1)."""
+        if layout.world_size == 1:
+            return None
+        layout.check_heads(self.models.config.num_heads)
+        groups = ParallelGroups.from_env(layout, self.models.device)
+        if layout.ulysses > 1:
+            SequenceParallel(groups.ulysses_group, layout.ulysses, groups.ulysses_rank).install(self.models.dit)
+        return groups
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -164,6 +177,7 @@ class OmniAvatarBackend(AvatarBackend):
                 "tea_cache_model": self.tea_cache_model,
                 "timesteps": self.config.generation.timesteps,
             },
+            "parallel": self.options.parallel.describe() if self.parallel is None else self.parallel.describe(),
         }
 
     @torch.inference_mode()
@@ -202,6 +216,25 @@ class OmniAvatarBackend(AvatarBackend):
                 f"{sorted(COEFFICIENTS)} in the model config, or send tea_cache_threshold 0",
                 "tea_cache_threshold",
             )
+        if self.parallel is not None:  # every rank runs this loop; each checkpoint is agreed by all of them
+            yield from self._lockstep(request, plan, CollectiveCancel(cancel, self.parallel), on_step)
+            return
+        yield from self._segments(request, plan, cancel, on_step)
+
+    def _lockstep(
+        self, request: GenerateRequest, plan: SegmentPlan, cancel: CollectiveCancel, on_step: StepCallback
+    ) -> Iterator[SegmentFrames]:
+        """The segment loop on one of several ranks; a reader that stops early tells the other ranks."""
+        try:
+            yield from self._segments(request, plan, cancel, on_step)
+        except GeneratorExit:  # closed at a yield: the other ranks are at their next agreement
+            cancel.abandon()
+            raise
+        cancel.finish()
+
+    def _segments(
+        self, request: GenerateRequest, plan: SegmentPlan, cancel: CancelToken, on_step: StepCallback
+    ) -> Iterator[SegmentFrames]:
         # 1. Encode prompt: once per request, the negative prompt only when guidance needs it
         conditions = self.encode_prompts(request)
         # 2. Encode audio: the whole (lead-in + speech) clip once; each segment takes its window below
@@ -306,7 +339,7 @@ class OmniAvatarBackend(AvatarBackend):
         coefficients = COEFFICIENTS[self.tea_cache_model] if self.tea_cache_model else None
         return denoise_segment(
             m.dit, conditions, latents, y, window, held, coefficients,
-            lambda: cancel.checkpoint(), lambda i, n: on_step(spec.index, i, n),
+            lambda: cancel.checkpoint(), lambda i, n: on_step(spec.index, i, n), self.parallel,
         )  # fmt: skip
 
     @torch.inference_mode()

@@ -108,8 +108,9 @@ def test_a_killed_rank_ends_the_stream_and_a_fresh_replica_serves_the_next(ulyss
     error = stream.wait_for("error", timeout_s=60)
     assert error.data["error"]["code"] == "generation_failed", f"expected generation_failed, got {error.data}"
     deadline = time.monotonic() + 120
-    while set(_rank_workers("sp2")) in (set(), {name}):  # the replica is replaced with its ranks
-        assert time.monotonic() < deadline, f"no fresh replica within 120 s: {_rank_workers('sp2')}"
-        time.sleep(0.2)
+    with httpx.Client(timeout=30) as http:  # the replica is replaced with its ranks, then loads
+        while set(_rank_workers("sp2")) in (set(), {name}) or http.get(f"{ulysses.url}/health").json()["status"] != "healthy":
+            assert time.monotonic() < deadline, f"no fresh replica within 120 s: {_rank_workers('sp2')}"
+            time.sleep(0.2)
     frames = _video(ulysses.url, _request("even"))
     assert len(frames) > 0, "expected the next request's video from the fresh replica"

@@ -16,6 +16,7 @@ from deployments.auth import AuthOptions
 from deployments.generator import AvatarGenerator
 from deployments.ingress import AvatarIngress
 from deployments.options import StreamOptions
+from deployments.text_encoder import TextEncoder
 from model.config import PROJECT_ROOT, load_model_config
 from model.media import EncodingOptions
 from model.request import RequestLimits
@@ -41,6 +42,9 @@ class AppArgs(BaseModel):
     load_timeout_s: float = Field(3600.0, description="A replica whose backend is still loading after this long is replaced")
     generator: dict[str, Any] = Field(default_factory=dict, description="Serve options for AvatarGenerator")
     ingress: dict[str, Any] = Field(default_factory=dict, description="Serve options for AvatarIngress")
+    text_encoder: dict[str, Any] = Field(
+        default_factory=dict, description="Serve options for TextEncoder (models with options.shared_text_encoder)"
+    )
 
     @classmethod
     def from_serve_config(cls, path: str | Path = PROJECT_ROOT / "serve_config.yaml", **overrides: Any) -> "AppArgs":
@@ -48,7 +52,8 @@ class AppArgs(BaseModel):
         then `overrides`: the same service as `serve run` starts, for in-process use (tests, benchmarks)."""
         application = yaml.safe_load(Path(path).read_text())["applications"][0]
         options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in application.get("deployments", [])}
-        fields = {**application.get("args", {}), "generator": options.get("AvatarGenerator", {}), "ingress": options.get("AvatarIngress", {})}
+        fields = {**application.get("args", {}), "generator": options.get("AvatarGenerator", {}), "ingress": options.get("AvatarIngress", {}),
+                  "text_encoder": options.get("TextEncoder", {})}  # fmt: skip
         return cls(**{**fields, **overrides})
 
 
@@ -59,7 +64,8 @@ def build_app(args: AppArgs) -> Application:
         config = dataclasses.replace(config, options={**config.options, "model_dir": model_dir})
     if config.backend != args.backend:
         raise ValueError(f"args.backend is {args.backend!r} but {config.source} configures backend {config.backend!r}")
+    text_encoder = TextEncoder.options(**args.text_encoder).bind(config) if config.options.get("shared_text_encoder") else None
     generator = AvatarGenerator.options(**args.generator).bind(
-        config, args.encoding, load_timeout_s=args.load_timeout_s, options=args.stream
+        config, args.encoding, load_timeout_s=args.load_timeout_s, options=args.stream, text_encoder=text_encoder
     )
     return AvatarIngress.options(**args.ingress).bind(generator, config, args.limits, args.stream, args.auth)

@@ -11,15 +11,17 @@ further ranks as child actors (`ranks.py`); a failed or dead rank fails check_he
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ray import serve
 from ray.exceptions import RayActorError
+from ray.serve.handle import DeploymentHandle
 
 from deployments.events import Accepted, EncodedSegment, GenerationJob, Progress
 from deployments.health import publish_backend
@@ -27,6 +29,7 @@ from deployments.metrics import GeneratorMetrics
 from deployments.options import StreamOptions
 from deployments.pipeline import SegmentPipeline
 from deployments.ranks import RankGroup
+from deployments.text_encoder import RemoteTextEncoder
 from model.backend import AvatarBackend, backend_class
 from model.config import ModelConfig
 from model.media import EncodingOptions
@@ -66,6 +69,7 @@ class AvatarGenerator:
         backend_cls: type[AvatarBackend] | None = None,
         load_timeout_s: float = 3600.0,
         options: StreamOptions = StreamOptions(),
+        text_encoder: DeploymentHandle | None = None,
     ) -> None:
         self._encoding = encoding
         self._options = options
@@ -74,9 +78,13 @@ class AvatarGenerator:
         self._running: set[SegmentPipeline] = set()  # pipelines whose threads may still run
         self._one_at_a_time = asyncio.Lock()  # Serve frees a cancelled call's slot before its threads end
         self._last_progress = time.monotonic()
-        self._ranks = RankGroup.start(config)  # the further ranks of a replica over several devices, or None
-        self._backend = await self._load(config, backend_cls or backend_class(config.backend), load_timeout_s)
+        shared = {} if text_encoder is None else {"text_encoder": RemoteTextEncoder(text_encoder)}  # backend kwargs
+        self._ranks = RankGroup.start(config, shared)  # the further ranks of a replica over several devices, or None
+        backend_cls = functools.partial(backend_cls or backend_class(config.backend), **shared)
+        self._backend = await self._load(config, backend_cls, load_timeout_s)
         description = self._backend.describe()
+        if shared:
+            description["text_encoder"] = {"shared": True, **await asyncio.to_thread(shared["text_encoder"].describe)}
         if self._ranks is not None:
             await self._ranks.loaded(load_timeout_s)
             description["parallel"] = {**description.get("parallel", {}), **self._ranks.describe()}
@@ -84,7 +92,7 @@ class AvatarGenerator:
         await asyncio.to_thread(publish_backend, replica.app_name, replica.deployment, description)
 
     @staticmethod
-    async def _load(config: ModelConfig, backend_cls: type[AvatarBackend], timeout_s: float) -> AvatarBackend:
+    async def _load(config: ModelConfig, backend_cls: Callable[[ModelConfig], AvatarBackend], timeout_s: float) -> AvatarBackend:
         def load() -> AvatarBackend:
             logging.getLogger("model").setLevel(logging.INFO)  # backends log their load stages there
             backend = backend_cls(config)

@@ -47,15 +47,16 @@ def _free_port(address: str) -> int:
 class RankWorker:
     """Rank r >= 1 of a replica: the same backend, the same loop, no output."""
 
-    def __init__(self, config: ModelConfig, env: dict[str, str]) -> None:
+    def __init__(self, config: ModelConfig, env: dict[str, str], backend_kwargs: dict[str, Any]) -> None:
         os.environ.update(env)
         self._config = config
+        self._backend_kwargs = backend_kwargs
         self._backend: AvatarBackend | None = None
         self._one_job = threading.Lock()
 
     def load(self) -> dict[str, Any]:
         """Load and warm up (meeting the other ranks on the way); returns where this rank runs."""
-        self._backend = backend_class(self._config.backend)(self._config)
+        self._backend = backend_class(self._config.backend)(self._config, **self._backend_kwargs)
         self._backend.warm_up()
         return {"rank": int(os.environ["RANK"]), "node": ray.util.get_node_ip_address(),
                 "accelerators": ray.get_runtime_context().get_accelerator_ids()}  # fmt: skip
@@ -83,9 +84,10 @@ class RankGroup:
         self.failure: str | None = None
 
     @classmethod
-    def start(cls, config: ModelConfig) -> RankGroup | None:
+    def start(cls, config: ModelConfig, backend_kwargs: dict[str, Any]) -> RankGroup | None:
         """With `options.parallel` over more than one rank: point this process (rank 0) at itself and start the
-        other ranks in the replica's further bundles; None with one rank."""
+        other ranks in the replica's further bundles, each building the backend with `backend_kwargs` (as rank 0
+        does); None with one rank."""
         if not config.options.get("parallel"):
             return None
         from model.omniavatar.parallel import ParallelLayout  # torch, only for a backend that runs in parallel
@@ -112,7 +114,7 @@ class RankGroup:
                 num_cpus=bundles[rank].get("CPU", 0),
                 num_gpus=bundles[rank].get("GPU", 0),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank),
-            ).remote(config, _rank_env(address, port, rank, world))
+            ).remote(config, _rank_env(address, port, rank, world), backend_kwargs)
             for rank in range(1, world)
         ]
         return cls(layout, workers, [worker.load.remote() for worker in workers])

@@ -116,9 +116,14 @@ class OmniAvatarBackend(AvatarBackend):
 
     name = "omniavatar"
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, text_encoder: Callable[[str], torch.Tensor] | None = None) -> None:
+        """`text_encoder` (text -> (1, text_len, text_dim)) is the shared encoder that `options.shared_text_encoder`
+        asks for; without that option UMT5 is loaded here."""
         super().__init__(config)
         self.options = OmniAvatarOptions.from_dict(config.options, resolve_path)
+        if self.options.shared_text_encoder and text_encoder is None:
+            raise ValueError(f"{config.source}: options.shared_text_encoder needs the TextEncoder deployment's encoder")
+        self._shared_text_encoder = text_encoder if self.options.shared_text_encoder else None
         if self.options.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"{config.source}: options.device is {self.options.device!r} but CUDA is not available")
         attention_backend_for(self.options.attention, self.options.device)  # an unusable kernel fails before loading
@@ -131,6 +136,7 @@ class OmniAvatarBackend(AvatarBackend):
             extra_loras=self.options.extra_loras,
             text_encoder_device=self.options.text_encoder_device,
             dit_device="cpu" if self.options.offload else None,
+            text_encoder=self._shared_text_encoder is None,
         )
         self.models.vae.tiled_decode = self.options.vae_tiling
         self.tea_cache_model = tea_cache_size(self.options.tea_cache_model, self.models.config.name)
@@ -165,6 +171,7 @@ class OmniAvatarBackend(AvatarBackend):
             "model": f"OmniAvatar {self.models.config.name}",
             "device": str(self.models.device),
             "dtype": self.options.dtype,
+            "text_encoder": "shared" if self._shared_text_encoder is not None else str(self.models.text_encoder.model.device),
             "files": {"base": str(self.options.base_dir), "omniavatar": str(self.options.omniavatar_dir), "wav2vec": str(self.options.wav2vec_dir)},
             "cached_prompts": len(self._prompts),
             "cached_references": len(self._references),
@@ -185,7 +192,7 @@ class OmniAvatarBackend(AvatarBackend):
         """One small pass through every network (kernel selection, allocator) before the first request; with
         `compile`, one DiT forward at every bucket's segment shape, so no request pays a compilation."""
         m = self.models
-        context = m.text_encoder.encode(["warm up"]).to(m.device)
+        context = self._encode_text("warm up")
         m.audio_encoder.encode(np.zeros(m.audio_encoder.samples_per_frame, np.float32), num_frames=1)
         latents = torch.zeros(1, 16, 2, 4, 4, device=m.device, dtype=m.dtype)
         if self.options.compile:  # the real shapes only (a frame size outside the buckets compiles on first use)
@@ -275,6 +282,8 @@ class OmniAvatarBackend(AvatarBackend):
 
     @torch.inference_mode()
     def _encode_text(self, text: str) -> torch.Tensor:
+        if self._shared_text_encoder is not None:
+            return self._shared_text_encoder(text).to(self.models.device)
         return self.models.text_encoder.encode([text]).to(self.models.device)
 
     @torch.inference_mode()

@@ -149,6 +149,7 @@ class OmniAvatarOptions:
     vae_tiling: bool = True  # false: decode a segment in one piece (needs memory; upstream tiles)
     text_encoder_device: str | None = None  # e.g. cpu: the UMT5 encoder off the GPU (default: `device`)
     offload: bool = False  # DiT blocks kept on the CPU and streamed to the GPU group by group
+    shared_text_encoder: bool = False  # UMT5 in the service's TextEncoder deployment, not in each generator
     parallel: ParallelLayout = ParallelLayout()  # ranks per replica: {ulysses: N, cfg: 1 | 2} (see parallel.py)
 
     @property
@@ -164,7 +165,7 @@ class OmniAvatarOptions:
         LoRA file (e.g. `model.config.resolve_path`: as given if it exists, else relative to the project root).
         """
         dirs = ("base_dir", "omniavatar_dir", "wav2vec_dir")
-        flags = {"compile": False, "text_kv_cache": False, "vae_tiling": True, "offload": False}
+        flags = {"compile": False, "text_kv_cache": False, "vae_tiling": True, "offload": False, "shared_text_encoder": False}
         known = ("model_dir", *dirs, "dtype", "device", "prompt_cache_size", "reference_cache_size", "attention",
                  "tea_cache_model", "extra_loras", "text_encoder_device", "parallel", *flags)  # fmt: skip
         unknown = sorted(set(options) - set(known))

@@ -1,6 +1,7 @@
-"""A generator replica over 2 CPU ranks (configs/serve-omniavatar-tiny-sp2.yaml): the one-rank video, for
-sequence parallel and for guidance parallel, on a bucket whose token count is odd too; a killed rank ends its
-stream with an `error` event and a fresh replica serves the next request."""
+"""A generator replica over 2 CPU ranks with the shared text encoder (configs/serve-omniavatar-tiny-sp2.yaml):
+the video of one rank encoding its own prompts, for sequence parallel and for guidance parallel, on a bucket
+whose token count is odd too; a killed rank ends its stream with an `error` event and a fresh replica serves
+the next request."""
 
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ def model_config(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _parallel_app(base_url: str, name: str, model_dir: Path, config: str, parallel: dict) -> Service:
-    args = AppArgs.from_serve_config(SP2, config=config, model_dir=str(model_dir), options={"parallel": parallel})
+    """configs/serve-omniavatar-tiny-sp2.yaml (shared text encoder included) with `parallel`, on half CPUs."""
+    args = AppArgs.from_serve_config(SP2, config=config, model_dir=str(model_dir))
+    generator = {**args.generator, "placement_group_bundles": [{"CPU": 0.5}] * 2, "ray_actor_options": {"num_cpus": 0.5}}
+    args = args.model_copy(update={"options": {**args.options, "parallel": parallel}, "generator": generator})
     return run_app(build_app(args), base_url, name, f"/{name}")
 
 
@@ -85,13 +89,15 @@ def test_two_ranks_stream_the_one_rank_video(layout: str, image: str, one_rank_v
     assert diff <= 1, f"{layout} 2, {image} tokens: expected the one-rank frames within 1 level, got {diff}"
 
 
-def test_health_reports_world_size_and_layout(ulysses: Service, cfg: Service) -> None:
+def test_health_reports_world_size_layout_and_the_shared_text_encoder(ulysses: Service, cfg: Service) -> None:
     with httpx.Client(timeout=30) as http:
-        layouts = {name: http.get(f"{s.url}/health").json()["parallel"] for name, s in (("sp2", ulysses), ("cfg2", cfg))}
+        layouts = {name: http.get(f"{s.url}/health").json() for name, s in (("sp2", ulysses), ("cfg2", cfg))}
     for name, (u, c) in (("sp2", (2, 1)), ("cfg2", (1, 2))):
-        got = layouts[name]
+        got = layouts[name]["parallel"]
         assert (got["world_size"], got["ulysses"], got["cfg"], got["backend"]) == (2, u, c, "gloo"), f"{name}: {got}"
         assert [r["rank"] for r in got["ranks"]] == [0, 1], f"{name}: expected ranks 0 and 1, got {got['ranks']}"
+        encoder = layouts[name]["text_encoder"]  # the generators loaded no UMT5: the shared one serves them
+        assert (encoder["shared"], encoder["device"]) == (True, "cpu") and encoder["weights_bytes"] > 0, f"{name}: {encoder}"
 
 
 def _rank_workers(app_name: str) -> dict[str, str]:

@@ -98,6 +98,8 @@ class ParallelGroups:
         world = int(os.environ["WORLD_SIZE"])
         if world != layout.world_size:
             raise RuntimeError(f"WORLD_SIZE is {world} but options.parallel needs {layout.world_size} ranks")
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         if not dist.is_initialized():
             dist.init_process_group(
                 "nccl" if device.type == "cuda" else "gloo",

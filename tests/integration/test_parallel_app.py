@@ -38,12 +38,11 @@ def model_config(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-def _parallel_app(base_url: str, name: str, model_dir: Path, config: str, parallel: dict) -> Service:
+def _parallel_args(model_dir: Path, config: str, parallel: dict) -> AppArgs:
     """configs/serve-omniavatar-tiny-sp2.yaml (shared text encoder included) with `parallel`, on half CPUs."""
     args = AppArgs.from_serve_config(SP2, config=config, model_dir=str(model_dir))
     generator = {**args.generator, "placement_group_bundles": [{"CPU": 0.5}] * 2, "ray_actor_options": {"num_cpus": 0.5}}
-    args = args.model_copy(update={"options": {**args.options, "parallel": parallel}, "generator": generator})
-    return run_app(build_app(args), base_url, name, f"/{name}")
+    return args.model_copy(update={"options": {**args.options, "parallel": parallel}, "generator": generator})
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +53,13 @@ def one_rank(base_url: str, tiny_model_dir: Path, model_config: str) -> Service:
 
 @pytest.fixture(scope="module")
 def ulysses(base_url: str, tiny_model_dir: Path, model_config: str) -> Service:
-    return _parallel_app(base_url, "sp2", tiny_model_dir, model_config, {"ulysses": 2, "timeout_s": 30})
+    return run_app(build_app(_parallel_args(tiny_model_dir, model_config, {"ulysses": 2, "timeout_s": 30})), base_url, "sp2", "/sp2")
 
 
 @pytest.fixture(scope="module")
 def cfg(base_url: str, tiny_model_dir: Path, model_config: str) -> Service:
-    return _parallel_app(base_url, "cfg2", tiny_model_dir, model_config, {"ulysses": 1, "cfg": 2, "timeout_s": 30})
+    parallel = {"ulysses": 1, "cfg": 2, "timeout_s": 30}
+    return run_app(build_app(_parallel_args(tiny_model_dir, model_config, parallel)), base_url, "cfg2", "/cfg2")
 
 
 def _request(image: str) -> dict:
@@ -98,6 +98,17 @@ def test_health_reports_world_size_layout_and_the_shared_text_encoder(ulysses: S
         assert [r["rank"] for r in got["ranks"]] == [0, 1], f"{name}: expected ranks 0 and 1, got {got['ranks']}"
         encoder = layouts[name]["text_encoder"]  # the generators loaded no UMT5: the shared one serves them
         assert (encoder["shared"], encoder["device"]) == (True, "cpu") and encoder["weights_bytes"] > 0, f"{name}: {encoder}"
+
+
+def test_a_client_that_leaves_stops_every_rank_and_the_next_request_runs(cfg: Service, one_rank_videos: dict) -> None:
+    """The ranks agree on the cancellation at the same step, so their collectives stay in step for the next job."""
+    stream = BackgroundStream(f"{cfg.url}/generate-stream", _request("odd"))
+    stream.wait_for("progress", timeout_s=120)
+    stream.leave()
+    got, expected = _video(cfg.url, _request("even")), one_rank_videos["even"]
+    assert got.shape == expected.shape and np.abs(got.astype(int) - expected.astype(int)).max() <= 1, (
+        f"expected the one-rank video {expected.shape} after a cancelled job, got {got.shape}"
+    )
 
 
 def _rank_workers(app_name: str) -> dict[str, str]:

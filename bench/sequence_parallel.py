@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,8 +141,6 @@ def _rank(rank: int, setup: Setup, layout: ParallelLayout, port: int, out: str) 
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -166,8 +166,6 @@ def main(argv: list[str] | None = None) -> None:
     layouts = [(f"ulysses {args.ranks}", ParallelLayout(ulysses=args.ranks))]
     if args.ranks % 2 == 0:
         layouts.append((f"cfg 2 x ulysses {args.ranks // 2}", ParallelLayout(ulysses=args.ranks // 2, cfg=2)))
-    import tempfile
-
     with tempfile.TemporaryDirectory() as folder:
         for name, layout in layouts:
             layout.check_heads(config.num_heads)

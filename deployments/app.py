@@ -17,6 +17,7 @@ from deployments.generator import AvatarGenerator
 from deployments.ingress import AvatarIngress
 from deployments.options import StreamOptions
 from deployments.profiles import PROFILE_NAME_PATTERN, ServedProfile, generator_name
+from deployments.text_encoder import TextEncoder
 from model.config import PROJECT_ROOT, ModelConfig, load_model_config
 from model.media import EncodingOptions
 from model.request import DEFAULT_PROFILE, RequestLimits
@@ -60,6 +61,9 @@ class AppArgs(BaseModel):
         DEFAULT_PROFILE, description="The name requests give (in `profile`) to the model that config, options and AvatarGenerator serve"
     )
     profiles: dict[ProfileName, ProfileArgs] = Field(default_factory=dict, description="More profiles, each with its own model and generators")
+    text_encoder: dict[str, Any] = Field(
+        default_factory=dict, description="Serve options for TextEncoder (models with options.shared_text_encoder)"
+    )
 
     @model_validator(mode="after")
     def _distinct_profiles(self) -> "AppArgs":
@@ -75,7 +79,8 @@ class AppArgs(BaseModel):
         options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in application.get("deployments", [])}
         args = application.get("args", {})
         profiles = {name: {**profile, "generator": options.get(generator_name(name), {})} for name, profile in args.get("profiles", {}).items()}
-        fields = {**args, "generator": options.get(generator_name(None), {}), "ingress": options.get("AvatarIngress", {}), "profiles": profiles}
+        fields = {**args, "generator": options.get(generator_name(None), {}), "ingress": options.get("AvatarIngress", {}), "profiles": profiles,
+                  "text_encoder": options.get("TextEncoder", {})}  # fmt: skip
         return cls(**{**fields, **overrides})
 
 
@@ -88,9 +93,14 @@ def _model_config(path: str, options: dict[str, Any], model_dir: str | None) -> 
 
 
 def _generator(args: AppArgs, config: ModelConfig, profile: str | None, serve_options: dict[str, Any]) -> Application:
-    """The generator deployment of `profile` (None: the default profile)."""
+    """The generator deployment of `profile` (None: the default profile), with its own TextEncoder deployment
+    when its model shares one text encoder between replicas."""
+    text_encoder = None
+    if config.options.get("shared_text_encoder"):
+        name = "TextEncoder" if profile is None else f"TextEncoder-{profile}"
+        text_encoder = TextEncoder.options(**{"name": name, **args.text_encoder}).bind(config)
     return AvatarGenerator.options(**{"name": generator_name(profile), **serve_options}).bind(
-        config, args.encoding, load_timeout_s=args.load_timeout_s, options=args.stream
+        config, args.encoding, load_timeout_s=args.load_timeout_s, options=args.stream, text_encoder=text_encoder
     )
 
 

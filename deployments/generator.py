@@ -4,27 +4,32 @@ the thread bridge and streams Accepted, then Progress and EncodedSegment events,
 Serve routes requests to a replica once its async __init__ has returned, so __init__ returns only after the
 backend has loaded and warmed up; a failed or timed-out load raises there and Serve starts another replica.
 check_health fails while a generation makes no step progress for `stall_timeout_s`, so Serve replaces a
-replica whose GPU work hangs. A job whose ingress replica died is stopped within `orphan_check_s`.
+replica whose GPU work hangs. A job whose ingress replica died is stopped within `orphan_check_s`. A replica over several devices runs its
+further ranks as child actors (`ranks.py`); a failed or dead rank fails check_health too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ray import serve
 from ray.exceptions import RayActorError
+from ray.serve.handle import DeploymentHandle
 
 from deployments.events import Accepted, EncodedSegment, GenerationJob, Progress
 from deployments.health import publish_backend
 from deployments.metrics import GeneratorMetrics
 from deployments.options import StreamOptions
 from deployments.pipeline import SegmentPipeline
+from deployments.ranks import RankGroup
+from deployments.text_encoder import RemoteTextEncoder
 from model.backend import AvatarBackend, backend_class
 from model.config import ModelConfig
 from model.media import EncodingOptions
@@ -64,6 +69,7 @@ class AvatarGenerator:
         backend_cls: type[AvatarBackend] | None = None,
         load_timeout_s: float = 3600.0,
         options: StreamOptions = StreamOptions(),
+        text_encoder: DeploymentHandle | None = None,
     ) -> None:
         self._encoding = encoding
         self._options = options
@@ -72,12 +78,21 @@ class AvatarGenerator:
         self._running: set[SegmentPipeline] = set()  # pipelines whose threads may still run
         self._one_at_a_time = asyncio.Lock()  # Serve frees a cancelled call's slot before its threads end
         self._last_progress = time.monotonic()
-        self._backend = await self._load(config, backend_cls or backend_class(config.backend), load_timeout_s)
+        shared = {} if text_encoder is None else {"text_encoder": RemoteTextEncoder(text_encoder)}  # backend kwargs
+        self._ranks = RankGroup.start(config, shared)  # the further ranks of a replica over several devices, or None
+        backend_cls = functools.partial(backend_cls or backend_class(config.backend), **shared)
+        self._backend = await self._load(config, backend_cls, load_timeout_s)
+        description = self._backend.describe()
+        if shared:
+            description["text_encoder"] = {"shared": True, **await asyncio.to_thread(shared["text_encoder"].describe)}
+        if self._ranks is not None:
+            await self._ranks.loaded(load_timeout_s)
+            description["parallel"] = {**description.get("parallel", {}), **self._ranks.describe()}
         replica = serve.get_replica_context()
-        await asyncio.to_thread(publish_backend, replica.app_name, replica.deployment, self._backend.describe())
+        await asyncio.to_thread(publish_backend, replica.app_name, replica.deployment, description)
 
     @staticmethod
-    async def _load(config: ModelConfig, backend_cls: type[AvatarBackend], timeout_s: float) -> AvatarBackend:
+    async def _load(config: ModelConfig, backend_cls: Callable[[ModelConfig], AvatarBackend], timeout_s: float) -> AvatarBackend:
         def load() -> AvatarBackend:
             logging.getLogger("model").setLevel(logging.INFO)  # backends log their load stages there
             backend = backend_cls(config)
@@ -98,6 +113,8 @@ class AvatarGenerator:
         idle_s = time.monotonic() - self._last_progress
         if self._running and idle_s > self._options.stall_timeout_s:
             raise RuntimeError(f"no step progress for {idle_s:.0f} s (stall_timeout_s {self._options.stall_timeout_s:g})")
+        if self._ranks is not None:
+            await self._ranks.check(self._options.health_timeout_s)
 
     async def request_status(self, request_id: str) -> dict[str, Any] | None:
         """What became of a recent request (state, steps done after cancel, ...), or None."""
@@ -128,6 +145,8 @@ class AvatarGenerator:
         self._last_progress = time.monotonic()
         watch = asyncio.ensure_future(self._watch_caller(job, pipeline))
         try:
+            if self._ranks is not None:
+                self._ranks.submit(job.request, job.plan)
             async for event in pipeline.events():
                 if isinstance(event, EncodedSegment):
                     record.segments += 1
@@ -143,9 +162,11 @@ class AvatarGenerator:
             why = "because its ingress is gone" if isinstance(stop, OrphanedJob) else "by the client"
             logger.info("request %s cancelled %s after %d segments", job.request_id, why, record.segments)
             raise
-        except Exception:
+        except Exception as error:
             record.state = "failed"
             self._metrics.failed.inc()
+            if self._ranks is not None:
+                self._ranks.failed(error)
             raise
         finally:
             watch.cancel()

@@ -36,10 +36,12 @@ from model.omniavatar.config import OmniAvatarOptions
 from model.omniavatar.dit import TextKV
 from model.omniavatar.guidance import Guidance
 from model.omniavatar.loading import CheckpointFiles, LoadedModels, load_models
+from model.omniavatar.parallel import CollectiveCancel, ParallelGroups, ParallelLayout
 from model.omniavatar.sampling import Conditions, denoise_segment
 from model.omniavatar.scheduler import FlowMatchScheduler
 from model.omniavatar.speed import bucket_latent_shapes, prepare_dit, warm_up_dit
 from model.omniavatar.teacache import COEFFICIENTS, tea_cache_size
+from model.omniavatar.ulysses import SequenceParallel
 from model.plan import SegmentPlan, SegmentSpec
 from model.request import GenerateRequest
 
@@ -114,9 +116,14 @@ class OmniAvatarBackend(AvatarBackend):
 
     name = "omniavatar"
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, text_encoder: Callable[[str], torch.Tensor] | None = None) -> None:
+        """`text_encoder` (text -> (1, text_len, text_dim)) is the shared encoder that `options.shared_text_encoder`
+        asks for; without that option UMT5 is loaded here."""
         super().__init__(config)
         self.options = OmniAvatarOptions.from_dict(config.options, resolve_path)
+        if self.options.shared_text_encoder and text_encoder is None:
+            raise ValueError(f"{config.source}: options.shared_text_encoder needs the TextEncoder deployment's encoder")
+        self._shared_text_encoder = text_encoder if self.options.shared_text_encoder else None
         if self.options.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"{config.source}: options.device is {self.options.device!r} but CUDA is not available")
         attention_backend_for(self.options.attention, self.options.device)  # an unusable kernel fails before loading
@@ -129,9 +136,11 @@ class OmniAvatarBackend(AvatarBackend):
             extra_loras=self.options.extra_loras,
             text_encoder_device=self.options.text_encoder_device,
             dit_device="cpu" if self.options.offload else None,
+            text_encoder=self._shared_text_encoder is None,
         )
         self.models.vae.tiled_decode = self.options.vae_tiling
         self.tea_cache_model = tea_cache_size(self.options.tea_cache_model, self.models.config.name)
+        self.parallel = self._join_ranks(self.options.parallel)  # before prepare_dit: it sets every kernel
         self.dit_setup = prepare_dit(
             self.models.dit, self.models.device, self.options.attention, self.options.compile, self.options.offload
         )
@@ -146,12 +155,23 @@ class OmniAvatarBackend(AvatarBackend):
                 f"must match wav2vec2's {audio_rate} Hz with a whole number of samples per frame"
             )
 
+    def _join_ranks(self, layout: ParallelLayout) -> ParallelGroups | None:
+        """With more than one rank: meet the others and run the DiT's blocks sequence parallel (ulysses > 1)."""
+        if layout.world_size == 1:
+            return None
+        layout.check_heads(self.models.config.num_heads)
+        groups = ParallelGroups.from_env(layout, self.models.device)
+        if layout.ulysses > 1:
+            SequenceParallel(groups.ulysses_group, layout.ulysses, groups.ulysses_rank).install(self.models.dit)
+        return groups
+
     def describe(self) -> dict[str, Any]:
         return {
             "backend": self.name,
             "model": f"OmniAvatar {self.models.config.name}",
             "device": str(self.models.device),
             "dtype": self.options.dtype,
+            "text_encoder": "shared" if self._shared_text_encoder is not None else str(self.models.text_encoder.model.device),
             "files": {"base": str(self.options.base_dir), "omniavatar": str(self.options.omniavatar_dir), "wav2vec": str(self.options.wav2vec_dir)},
             "cached_prompts": len(self._prompts),
             "cached_references": len(self._references),
@@ -164,6 +184,7 @@ class OmniAvatarBackend(AvatarBackend):
                 "tea_cache_model": self.tea_cache_model,
                 "timesteps": self.config.generation.timesteps,
             },
+            "parallel": self.options.parallel.describe() if self.parallel is None else self.parallel.describe(),
         }
 
     @torch.inference_mode()
@@ -171,7 +192,7 @@ class OmniAvatarBackend(AvatarBackend):
         """One small pass through every network (kernel selection, allocator) before the first request; with
         `compile`, one DiT forward at every bucket's segment shape, so no request pays a compilation."""
         m = self.models
-        context = m.text_encoder.encode(["warm up"]).to(m.device)
+        context = self._encode_text("warm up")
         m.audio_encoder.encode(np.zeros(m.audio_encoder.samples_per_frame, np.float32), num_frames=1)
         latents = torch.zeros(1, 16, 2, 4, 4, device=m.device, dtype=m.dtype)
         if self.options.compile:  # the real shapes only (a frame size outside the buckets compiles on first use)
@@ -202,6 +223,25 @@ class OmniAvatarBackend(AvatarBackend):
                 f"{sorted(COEFFICIENTS)} in the model config, or send tea_cache_threshold 0",
                 "tea_cache_threshold",
             )
+        if self.parallel is not None:  # every rank runs this loop; each checkpoint is agreed by all of them
+            yield from self._lockstep(request, plan, CollectiveCancel(cancel, self.parallel), on_step)
+            return
+        yield from self._segments(request, plan, cancel, on_step)
+
+    def _lockstep(
+        self, request: GenerateRequest, plan: SegmentPlan, cancel: CollectiveCancel, on_step: StepCallback
+    ) -> Iterator[SegmentFrames]:
+        """The segment loop on one of several ranks; a reader that stops early tells the other ranks."""
+        try:
+            yield from self._segments(request, plan, cancel, on_step)
+        except GeneratorExit:  # closed at a yield: the other ranks are at their next agreement
+            cancel.abandon()
+            raise
+        cancel.finish()
+
+    def _segments(
+        self, request: GenerateRequest, plan: SegmentPlan, cancel: CancelToken, on_step: StepCallback
+    ) -> Iterator[SegmentFrames]:
         # 1. Encode prompt: once per request, the negative prompt only when guidance needs it
         conditions = self.encode_prompts(request)
         # 2. Encode audio: the whole (lead-in + speech) clip once; each segment takes its window below
@@ -242,6 +282,8 @@ class OmniAvatarBackend(AvatarBackend):
 
     @torch.inference_mode()
     def _encode_text(self, text: str) -> torch.Tensor:
+        if self._shared_text_encoder is not None:
+            return self._shared_text_encoder(text).to(self.models.device)
         return self.models.text_encoder.encode([text]).to(self.models.device)
 
     @torch.inference_mode()
@@ -306,7 +348,7 @@ class OmniAvatarBackend(AvatarBackend):
         coefficients = COEFFICIENTS[self.tea_cache_model] if self.tea_cache_model else None
         return denoise_segment(
             m.dit, conditions, latents, y, window, held, coefficients,
-            lambda: cancel.checkpoint(), lambda i, n: on_step(spec.index, i, n),
+            lambda: cancel.checkpoint(), lambda i, n: on_step(spec.index, i, n), self.parallel,
         )  # fmt: skip
 
     @torch.inference_mode()

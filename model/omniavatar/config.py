@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from model.omniavatar.parallel import ParallelLayout
+
 __all__ = ["ATTENTION_CHOICES", "CONFIGS", "DTYPES", "ExtraLora", "OmniAvatarConfig", "OmniAvatarOptions", "shipped_config"]
 
 
@@ -147,6 +149,8 @@ class OmniAvatarOptions:
     vae_tiling: bool = True  # false: decode a segment in one piece (needs memory; upstream tiles)
     text_encoder_device: str | None = None  # e.g. cpu: the UMT5 encoder off the GPU (default: `device`)
     offload: bool = False  # DiT blocks kept on the CPU and streamed to the GPU group by group
+    shared_text_encoder: bool = False  # UMT5 in the service's TextEncoder deployment, not in each generator
+    parallel: ParallelLayout = ParallelLayout()  # ranks per replica: {ulysses: N, cfg: 1 | 2} (see parallel.py)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -161,9 +165,9 @@ class OmniAvatarOptions:
         LoRA file (e.g. `model.config.resolve_path`: as given if it exists, else relative to the project root).
         """
         dirs = ("base_dir", "omniavatar_dir", "wav2vec_dir")
-        flags = {"compile": False, "text_kv_cache": False, "vae_tiling": True, "offload": False}
+        flags = {"compile": False, "text_kv_cache": False, "vae_tiling": True, "offload": False, "shared_text_encoder": False}
         known = ("model_dir", *dirs, "dtype", "device", "prompt_cache_size", "reference_cache_size", "attention",
-                 "tea_cache_model", "extra_loras", "text_encoder_device", *flags)  # fmt: skip
+                 "tea_cache_model", "extra_loras", "text_encoder_device", "parallel", *flags)  # fmt: skip
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise ValueError(f"unknown OmniAvatar options {unknown}; known: {list(known)}")
@@ -182,6 +186,9 @@ class OmniAvatarOptions:
         if options.get("text_kv_cache") and options.get("offload"):
             raise ValueError("options.text_kv_cache and options.offload cannot be combined (offloaded blocks "
                              "are on the host when the keys/values are computed)")  # fmt: skip
+        parallel = ParallelLayout.from_dict(options.get("parallel"))
+        if parallel.world_size > 1 and options.get("compile"):
+            raise ValueError("options.compile cannot be combined with options.parallel (collectives inside the blocks)")
         root = Path(options["model_dir"]).expanduser() if options.get("model_dir") else None
         located = {k: resolve(root / options[k] if root is not None else Path(options[k])) for k in dirs}
         caches = {k: int(options[k]) for k in ("prompt_cache_size", "reference_cache_size") if k in options}
@@ -196,6 +203,7 @@ class OmniAvatarOptions:
             extra_loras=_extra_loras(options.get("extra_loras") or [], root, resolve),
             text_encoder_device=None if text_device is None else _device(text_device, "text_encoder_device"),
             **{k: _flag(options, k, default) for k, default in flags.items()},
+            parallel=parallel,
         )
 
 

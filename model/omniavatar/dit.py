@@ -6,7 +6,7 @@
 per audio block). Before blocks 2 .. num_layers // 2, projection `l - 2` of the packed audio is added to every
 token of each latent frame. The blocks, embeddings and head are diffusers' modules, run in diffusers' order;
 the forward adds two opt-in savings: TeaCache (`teacache.py`) and the text keys/values computed once per
-prompt (`TextKV`).
+prompt (`TextKV`), and runs the blocks sequence parallel once `ulysses.SequenceParallel` is installed.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnP
 from torch import nn
 
 from model.omniavatar.teacache import TeaCache
+from model.omniavatar.ulysses import SequenceParallel, add_frame_audio
 
 __all__ = ["AudioPack", "CachedTextAttnProcessor", "Float64Timesteps", "OmniAvatarTransformer", "TextKV"]
 
@@ -162,6 +163,7 @@ class OmniAvatarTransformer(WanTransformer3DModel):
         self.audio_layers = tuple(range(2, num_layers // 2 + 1))
         self.audio_proj = AudioPack(audio_dim, audio_hidden_size, audio_group)
         self.audio_cond_projs = nn.ModuleList(nn.Linear(audio_hidden_size, inner_dim) for _ in self.audio_layers)
+        self.sequence_parallel: SequenceParallel | None = None  # set by SequenceParallel.install
 
     def text_kv(self, context: torch.Tensor) -> TextKV:
         """(B, text_len, text_dim) context -> every block's cross-attention keys and values."""
@@ -233,12 +235,16 @@ class OmniAvatarTransformer(WanTransformer3DModel):
         return temb, embedder.time_proj(embedder.act_fn(temb))
 
     def _blocks(self, tokens, context, modulation, rotary_emb, audio: torch.Tensor) -> torch.Tensor:
-        """Every block, with audio projection `l - 2` of each latent frame added before audio block `l`."""
+        """Every block, with audio projection `l - 2` of each latent frame added before audio block `l`;
+        under sequence parallel on this rank's chunk of the tokens, gathered after the last block."""
         packed = self.audio_proj(audio.to(self.dtype))  # (B, T, hidden)
+        parallel = self.sequence_parallel
+        if parallel is not None:
+            tokens, rotary_emb = parallel.scatter(tokens, rotary_emb, packed.shape[1])
         first = self.audio_layers[0]
         for layer, block in enumerate(self.blocks):
             if layer in self.audio_layers:
                 frame_audio = self.audio_cond_projs[layer - first](packed)  # (B, T, D)
-                tokens = (tokens.unflatten(1, (frame_audio.shape[1], -1)) + frame_audio[:, :, None]).flatten(1, 2)
+                tokens = add_frame_audio(tokens, frame_audio, None if parallel is None else parallel.shard)
             tokens = block(tokens, context, modulation, rotary_emb)
-        return tokens
+        return tokens if parallel is None else parallel.gather(tokens)

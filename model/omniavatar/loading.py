@@ -256,7 +256,7 @@ class LoadedModels:
     config: OmniAvatarConfig
     dit: OmniAvatarTransformer
     vae: WanVAE
-    text_encoder: TextEncoder
+    text_encoder: TextEncoder | None  # None when a shared text encoder serves the prompts
     audio_encoder: AudioEncoder
     dtype: torch.dtype
     device: torch.device
@@ -270,11 +270,13 @@ def load_models(
     extra_loras: Sequence[ExtraLora] = (),
     text_encoder_device: str | None = None,
     dit_device: str | None = None,
+    text_encoder: bool = True,
 ) -> LoadedModels:
     """Resolve the dimensions and load all four networks (DiT, VAE and T5 in `dtype`; wav2vec2 in float32).
 
     `device` runs the segment loop; the text encoder may live on `text_encoder_device` (it runs once per
-    prompt) and the DiT's weights on `dit_device` (the CPU, for group offloading).
+    prompt) and the DiT's weights on `dit_device` (the CPU, for group offloading); with `text_encoder` False it
+    is not loaded at all (a shared encoder elsewhere serves the prompts).
     """
     config = resolve_config(files)
     logger.info("OmniAvatar %s: dim %d, %d layers, %s on %s", config.name, config.dim, config.num_layers, dtype, device)
@@ -283,7 +285,9 @@ def load_models(
         config=config,
         dit=load_transformer(files, config, dtype, torch.device(dit_device or device), extra_loras),
         vae=load_vae(files, config, dtype, dev),
-        text_encoder=load_text_encoder(files, config, dtype, torch.device(text_encoder_device or device)),
+        text_encoder=load_text_encoder(files, config, dtype, torch.device(text_encoder_device or device))
+        if text_encoder
+        else None,
         audio_encoder=load_audio_encoder(files, dev, fps),
         dtype=dtype,
         device=dev,

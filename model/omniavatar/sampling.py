@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from model.omniavatar.dit import OmniAvatarTransformer, TextKV
-from model.omniavatar.guidance import Guidance, guided_velocity
+from model.omniavatar.guidance import Guidance, combine, guidance_inputs
+from model.omniavatar.parallel import ParallelGroups, run_passes
 from model.omniavatar.scheduler import FlowMatchScheduler
 from model.omniavatar.teacache import TeaCache
 
@@ -47,6 +48,7 @@ def denoise_segment(
     tea_cache_coefficients: tuple[float, ...] | None = None,
     checkpoint: Callable[[], None] = lambda: None,
     on_step: Callable[[int, int], None] = lambda step, steps: None,
+    groups: ParallelGroups | None = None,
 ) -> tuple[torch.Tensor, int]:
     """The guided Euler loop from `latents` (1, 16, T, h, w), with `held` (1, 16, p, h, w) written over the
     first p latent frames before every step and after the last one, as upstream does.
@@ -55,6 +57,7 @@ def denoise_segment(
         y: (1, 17, T, h, w) reference latent + mask; window: (1, 4T - 3, audio_dim) audio rows.
         tea_cache_coefficients: TeaCache's polynomial, needed when `conditions.tea_cache_threshold` > 0.
         checkpoint: called before every step (raises to cancel); on_step(step, steps) after each.
+        groups: with guidance parallel, the passes of a step are split over the guidance ranks.
 
     Returns:
         The latents and the number of DiT forwards that ran the blocks (steps x passes unless TeaCache skips).
@@ -73,15 +76,16 @@ def denoise_segment(
         latents[:, :, :fixed] = held
         x = torch.cat([latents, y], dim=1)  # (1, 33, T, h, w)
         timestep = t.reshape(1).to(latents.device)  # the DiT casts it to its dtype before the sinusoid
-        branch = iter(caches)  # guided_velocity calls the branches in a fixed order: one cache each
+        inputs = guidance_inputs(conditions.guidance, conditions.context, conditions.negative, window)
 
-        def velocity(context, audio: torch.Tensor, x=x, timestep=timestep, branch=branch) -> torch.Tensor:
-            return dit(x, timestep, context, audio, tea_cache=next(branch))[0]  # (1, 16, T, h, w)
+        def velocity(index: int, x=x, timestep=timestep, inputs=inputs) -> torch.Tensor:
+            context, audio = inputs[index]  # each guidance branch has its own TeaCache
+            return dit(x, timestep, context, audio, tea_cache=caches[index])[0]  # (1, 16, T, h, w)
 
-        v = guided_velocity(velocity, conditions.guidance, conditions.context, conditions.negative, window)
+        v = combine(conditions.guidance, run_passes(velocity, passes, groups, latents))
         latents = scheduler.step(v, i, latents)
         on_step(i + 1, steps)
     latents[:, :, :fixed] = held
-    if caches[0] is not None:
+    if caches[0] is not None:  # under guidance parallel, this rank's branches only
         return latents, sum(cache.computed for cache in caches)
     return latents, steps * passes

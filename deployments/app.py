@@ -16,7 +16,8 @@ from deployments.auth import AuthOptions
 from deployments.generator import AvatarGenerator
 from deployments.ingress import AvatarIngress
 from deployments.options import StreamOptions
-from model.config import PROJECT_ROOT, load_model_config
+from deployments.streams import StreamStore
+from model.config import PROJECT_ROOT, ModelConfig, load_model_config
 from model.media import EncodingOptions
 from model.request import RequestLimits
 
@@ -62,4 +63,12 @@ def build_app(args: AppArgs) -> Application:
     generator = AvatarGenerator.options(**args.generator).bind(
         config, args.encoding, load_timeout_s=args.load_timeout_s, options=args.stream
     )
-    return AvatarIngress.options(**args.ingress).bind(generator, config, args.limits, args.stream, args.auth)
+    return bind_ingress(generator, config, args.limits, args.stream, args.auth, args.ingress)
+
+
+def bind_ingress(
+    generator: Application, config: ModelConfig, limits: RequestLimits, stream: StreamOptions, auth: AuthOptions | None = None, ingress: dict[str, Any] | None = None
+) -> Application:
+    """The ingress over a bound generator, with the StreamStore that runs and logs the requests between them."""
+    store = StreamStore.bind(generator, stream)
+    return AvatarIngress.options(**(ingress or {})).bind(generator, store, config, limits, stream, auth)

@@ -55,10 +55,17 @@ async def _validation_error(_: Request, error: RequestValidationError) -> JSONRe
 @serve.ingress(app)
 class AvatarIngress:
     def __init__(
-        self, generator: DeploymentHandle, config: ModelConfig, limits: RequestLimits, options: StreamOptions, auth: AuthOptions | None = None
+        self,
+        generator: DeploymentHandle,
+        store: DeploymentHandle,
+        config: ModelConfig,
+        limits: RequestLimits,
+        options: StreamOptions,
+        auth: AuthOptions | None = None,
     ) -> None:
-        install(app, auth or AuthOptions())  # middleware, before Serve starts the app
-        self.service = AvatarService(generator, config, limits, options)
+        auth = auth or AuthOptions()
+        install(app, auth)  # middleware, before Serve starts the app
+        self.service = AvatarService(generator, store, config, limits, options, auth.enabled)
         BODY_SCHEMA.clear()  # FastAPI builds /openapi.json on its first call, from this same dict
         BODY_SCHEMA.update(request_schema(limits, config.generation, config.planning.fps))
 
@@ -86,3 +93,31 @@ class AvatarIngress:
     async def generate(self, request: Request) -> Response:
         """The whole video as one MP4 (base64 in JSON), once every segment is done."""
         return await self.service.whole_video(request)
+
+    @app.get("/streams/{request_id}", responses=openapi_responses("text/event-stream"))
+    async def resume_stream(self, request_id: str, request: Request, format: str = "sse") -> Response:
+        """An earlier request's stream after `Last-Event-ID` or `?after=<seq>`: what was missed, then live.
+        `?format=ndjson` gives NDJSON lines."""
+        if format == "ndjson":
+            return await self.service.resume(request, request_id, NdjsonFraming(), route="ndjson")
+        return await self.service.resume(request, request_id, SseFraming(), route="sse")
+
+    @app.delete("/streams/{request_id}")
+    async def cancel_stream(self, request_id: str, request: Request) -> Response:
+        """Stop a request now (within one denoising step); answers its state."""
+        return await self.service.cancel(request, request_id)
+
+    @app.post("/jobs", status_code=202, openapi_extra=GENERATE_BODY)
+    async def submit_job(self, request: Request) -> Response:
+        """202 with the request id and the URLs of its stream, status and video; it runs whoever is connected."""
+        return await self.service.submit_job(request)
+
+    @app.get("/jobs/{request_id}")
+    async def job_status(self, request_id: str, request: Request) -> Response:
+        """A request's state, progress and estimated seconds left."""
+        return await self.service.job_status(request, request_id)
+
+    @app.get("/videos/{request_id}")
+    async def video(self, request_id: str, request: Request) -> Response:
+        """A completed request's whole MP4 (`video/mp4`, Range requests served)."""
+        return await self.service.video(request, request_id)

@@ -22,9 +22,8 @@ import ray
 import requests
 from ray import serve
 
-from deployments.app import AppArgs
+from deployments.app import AppArgs, bind_ingress
 from deployments.generator import AvatarGenerator
-from deployments.ingress import AvatarIngress
 from deployments.options import StreamOptions
 from model.config import load_model_config
 from model.request import RequestLimits
@@ -61,9 +60,7 @@ def faults(base_url: str) -> Service:
         health_check_timeout_s=2,
         ray_actor_options={"num_cpus": 1},
     ).bind(config, args.encoding, backend_cls=BlockingStepPreviewBackend, options=OPTIONS)
-    ingress = AvatarIngress.options(**args.ingress, health_check_period_s=HEALTH_PERIOD_S).bind(
-        generator, config, RequestLimits(max_body_bytes=MAX_BODY), OPTIONS
-    )
+    ingress = bind_ingress(generator, config, RequestLimits(max_body_bytes=MAX_BODY), OPTIONS, ingress={**args.ingress, "health_check_period_s": HEALTH_PERIOD_S})
     return run_app(ingress, base_url, "faults", "/faults")
 
 
@@ -293,7 +290,7 @@ def test_a_loading_generator_is_not_routable_and_requests_wait_for_it(base_url: 
     generator = AvatarGenerator.options(name="AvatarGenerator", num_replicas=1, ray_actor_options={"num_cpus": 1}).bind(
         config, args.encoding, backend_cls=BlockingStepPreviewBackend, options=OPTIONS
     )
-    app = AvatarIngress.options(**args.ingress).bind(generator, config, args.limits, StreamOptions(max_queue_wait_s=60))
+    app = bind_ingress(generator, config, args.limits, StreamOptions(max_queue_wait_s=60), ingress=args.ingress)
     serve.run_many([serve.RunTarget(app, name="loading", route_prefix="/loading")], wait_for_applications_running=False)
     url = f"{base_url}/loading"
     try:

@@ -41,7 +41,7 @@ def main_with(args: argparse.Namespace) -> int:
     if not args.output.parent.is_dir():
         raise ClientError(f"the output folder does not exist: {args.output.parent}", EXIT_USAGE)
     sent = time.monotonic()
-    with http_client(args.timeout) as client:
+    with http_client(args.timeout, args.api_key) as client:
         response = client.post(endpoint(args.server, "/generate"), json=body)
     raise_for_error_response(response)
     try:

@@ -12,15 +12,16 @@ from typing import Any
 import httpx
 
 from client.errors import ClientError, raise_for_error_response, server_error
-from client.events import Completed, Event, Failed, ProtocolError, Queued, Segment, Started, read_ndjson, read_sse
+from client.events import Completed, Cursor, Event, Failed, ProtocolError, Queued, Segment, Started, read_ndjson, read_sse
 from client.files import write_atomically
 from client.request import endpoint
 
 ROUTES = {"sse": ("/generate-stream", read_sse), "chunked": ("/generate-stream-chunked", read_ndjson)}
 
 
-def stream_events(client: httpx.Client, server: str, body: dict[str, Any], mode: str) -> Iterator[Event]:
-    """The events of one streamed request, read as they arrive. The request is sent on the first `next()`.
+def stream_events(client: httpx.Client, server: str, body: dict[str, Any], mode: str, cursor: Cursor | None = None) -> Iterator[Event]:
+    """The events of one streamed request, read as they arrive. The request is sent on the first `next()`;
+    `cursor` follows the request id and the last event's seq, to resume after a drop.
 
     Raises:
         ClientError: the server refused the request before streaming (HTTP 4xx/5xx, with its message).
@@ -31,7 +32,7 @@ def stream_events(client: httpx.Client, server: str, body: dict[str, Any], mode:
         if not response.is_success:
             response.read()
             raise_for_error_response(response)
-        yield from reader(response.iter_lines())
+        yield from reader(response.iter_lines(), cursor)
 
 
 def segment_path(output_dir: Path, index: int) -> Path:

@@ -220,8 +220,8 @@ def test_a_request_queued_too_long_gets_queue_timeout(faults: Service, held: Bac
 
 def test_a_cancel_never_lets_two_generations_overlap(faults: Service) -> None:
     healthy_again(faults)
-    next_id = uuid.uuid4().hex
     for _ in range(3):
+        next_id = uuid.uuid4().hex  # request ids are unique while their request is retained
         leaving = BackgroundStream(f"{faults.url}/generate-stream", LONG)
         leaving.wait_for("progress")
         leaving.leave()  # mid-step: the step goes on for up to STEP_S after the cancel

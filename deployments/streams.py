@@ -97,6 +97,7 @@ class StreamStore:
             return
         run.readers += 1
         self._stop_grace(request_id)
+        gone = asyncio.ensure_future(self._caller_gone(caller))
         try:
             cursor = after
             while True:
@@ -106,9 +107,13 @@ class StreamStore:
                     cursor = event.seq
                     if event.kind in TERMINAL:
                         return
-                if not await self._wait_or_orphaned(changed, caller):
+                waiting = asyncio.ensure_future(changed.wait())
+                await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if gone.done():
+                    waiting.cancel()
                     return
         finally:
+            gone.cancel()
             run.readers -= 1
             if run.readers == 0 and not run.detached and not run.finished:
                 self._start_grace(run, self._options.resume_grace_s)
@@ -219,20 +224,16 @@ class StreamStore:
 
     # -- readers ---------------------------------------------------------------------------------------------
 
-    async def _wait_or_orphaned(self, changed: asyncio.Event, caller: Any) -> bool:
-        """Wait for the log to change; False once the reader's ingress replica is gone."""
+    async def _caller_gone(self, caller: Any) -> None:
+        """Returns once the reader's ingress replica has died (never without one)."""
+        if caller is None:
+            await asyncio.Event().wait()
         while True:
-            try:
-                await asyncio.wait_for(changed.wait(), self._options.orphan_check_s)
-                return True
-            except asyncio.TimeoutError:
-                pass
-            if caller is None:
-                continue
+            await asyncio.sleep(self._options.orphan_check_s)
             try:
                 await asyncio.wait_for(caller.__ray_ready__.remote(), self._options.orphan_check_s)
             except RayActorError:
-                return False
+                return
             except asyncio.TimeoutError:  # a busy ingress is not a dead one
                 continue
 

@@ -1,5 +1,6 @@
 """Memory of the service holding finished jobs: 20 detached jobs of 60 s speech each, run to the end with no
-client connected, then retained for resumes and downloads. Prints the StreamStore's accounting of what it
+client connected, then retained for resumes and downloads (submitted as the generators' queue has room:
+a full queue answers 503 with Retry-After, for jobs as for streams). Prints the StreamStore's accounting of what it
 retains against its configured limit (`args.stream.max_retained_bytes`) and the resident memory of the
 StreamStore and ingress replicas, before, after the jobs and after every video was fetched once.
 
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
         ids = []
         for seed in range(args.jobs):
             body = speech_request(args.seconds, seed=seed, image=False) | {"height": args.size, "width": args.size, "num_steps": 1}
-            answer = http.post(f"{url}/jobs", json=body)
+            while (answer := http.post(f"{url}/jobs", json=body)).status_code == 503:  # the generators' queue is full
+                time.sleep(float(answer.headers.get("retry-after", "1")))
             assert answer.status_code == 202, f"expected 202, got {answer.status_code}: {answer.text[:300]}"
             ids.append(answer.json()["request_id"])
         for request_id in ids:

@@ -32,6 +32,8 @@ def stream_events(client: httpx.Client, server: str, body: dict[str, Any], mode:
         if not response.is_success:
             response.read()
             raise_for_error_response(response)
+        if cursor is not None:  # known before the first event: a Ctrl-C can cancel a request still queued
+            cursor.advance(response.headers.get("x-request-id"), None)
         yield from reader(response.iter_lines(), cursor)
 
 

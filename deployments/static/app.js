@@ -404,6 +404,7 @@ async function generate() {
       return;
     }
     checkEventStream(response);
+    run.requestId = response.headers.get("X-Request-ID"); // before the first event: Stop can cancel it at once
     run.player = new StreamPlayer(ui.video, (error) => playbackFailed(run, error));
     if (run.player.failed) playbackFailed(run, run.player.failed); // no Media Source Extensions at all
     setStatus("Waiting for the service to start…");

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,11 @@ def http_client(timeout_s: float, api_key: str | None = None) -> httpx.Client:
     the API key, if any, with every request."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     return httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)), headers=headers)
+
+
+def new_request_id() -> str:
+    """An unguessable X-Request-ID (128 random bits): the request's id for resuming, fetching and cancelling."""
+    return secrets.token_urlsafe(16)
 
 
 def endpoint(server: str, path: str) -> str:

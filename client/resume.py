@@ -11,7 +11,7 @@ import httpx
 
 from client.errors import ClientError, describe_http_error, raise_for_error_response
 from client.events import Completed, Cursor, Event, Failed, read_ndjson, read_sse
-from client.request import endpoint
+from client.request import endpoint, new_request_id
 
 READERS = {"sse": read_sse, "chunked": read_ndjson}
 Opener = Callable[[Cursor], Iterator[Event]]
@@ -71,7 +71,7 @@ def resilient_events(
 
 def submit_job(client: httpx.Client, server: str, body: dict[str, Any]) -> dict[str, Any]:
     """POST /jobs: the request id and the URLs of its stream, status and video."""
-    response = client.post(endpoint(server, "/jobs"), json=body)
+    response = client.post(endpoint(server, "/jobs"), json=body, headers={"X-Request-ID": new_request_id()})
     raise_for_error_response(response)
     return response.json()
 

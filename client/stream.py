@@ -14,7 +14,7 @@ import httpx
 from client.errors import ClientError, raise_for_error_response, server_error
 from client.events import Completed, Cursor, Event, Failed, ProtocolError, Queued, Segment, Started, read_ndjson, read_sse
 from client.files import write_atomically
-from client.request import endpoint
+from client.request import endpoint, new_request_id
 
 ROUTES = {"sse": ("/generate-stream", read_sse), "chunked": ("/generate-stream-chunked", read_ndjson)}
 
@@ -28,7 +28,7 @@ def stream_events(client: httpx.Client, server: str, body: dict[str, Any], mode:
         httpx.HTTPError: the connection failed, timed out or broke off.
     """
     path, reader = ROUTES[mode]
-    with client.stream("POST", endpoint(server, path), json=body) as response:
+    with client.stream("POST", endpoint(server, path), json=body, headers={"X-Request-ID": new_request_id()}) as response:
         if not response.is_success:
             response.read()
             raise_for_error_response(response)

@@ -140,6 +140,11 @@ ui.apiKeyInput.addEventListener("change", () => localStorage.setItem(API_KEY_STO
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** An unguessable request id (128 random bits): only who knows it can resume or cancel the request. */
+function newRequestId() {
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Errors: one box for the request, and a message under each field the service or the form names
 
@@ -393,7 +398,7 @@ async function generate() {
     const body = await requestBody(fields);
     const request = fetch("/generate-stream", {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "text/event-stream", ...authHeaders() },
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream", "X-Request-ID": newRequestId(), ...authHeaders() },
       body: JSON.stringify(body),
       signal: run.controller.signal,
     });

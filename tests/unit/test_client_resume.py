@@ -29,6 +29,7 @@ def segment(index: int) -> dict[str, Any]:
 
 EVENTS = [("start", START), ("segment", segment(0)), ("segment", segment(1)), ("complete", COMPLETE)]  # seq = index
 NDJSON_STATUS = {"start": "started", "complete": "completed"}
+sent_ids: list[str | None] = []  # the X-Request-ID of each POST
 
 
 def encode(kind: str, payload: dict[str, Any], seq: int, ndjson: bool) -> bytes:
@@ -42,6 +43,7 @@ def dropping_server(drops: int) -> Iterator[tuple[str, list[tuple[str, str, str 
     """The POST sends start and segment 0, then closes the connection; the first `drops` resumes answer 503
     (an ingress restarting), later ones the events after `after`. Records (method, path, Authorization)."""
     seen: list[tuple[str, str, str | None]] = []
+    sent_ids.clear()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"  # the end of the body is the end of the connection
@@ -55,6 +57,7 @@ def dropping_server(drops: int) -> Iterator[tuple[str, list[tuple[str, str, str 
 
         def do_POST(self) -> None:
             seen.append(("POST", self.path, self.headers.get("Authorization")))
+            sent_ids.append(self.headers.get("X-Request-ID"))
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             self._send(self.path.endswith("chunked"), [(seq, *event) for seq, event in enumerate(EVENTS[:2])])
 
@@ -93,6 +96,7 @@ def test_a_dropped_stream_resumes_after_the_last_event(tmp_path: Path, mode: str
     resumes = [path for method, path, _ in seen if method == "GET"]
     assert len(resumes) == 2 and all(f"/streams/{REQUEST_ID}?after=1" in path for path in resumes), f"expected two resumes after seq 1, got {resumes}"
     assert {auth for _, _, auth in seen} == {"Bearer key-from-env"}, f"every request must carry the key, got {seen}"
+    assert len(sent_ids) == 1 and len(sent_ids[0] or "") >= 22, f"expected an unguessable X-Request-ID (128 bits), got {sent_ids}"
 
 
 def test_resume_gives_up_with_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

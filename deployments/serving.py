@@ -98,11 +98,7 @@ class AvatarService:
     # -- routes ----------------------------------------------------------------------------------------------
 
     async def health(self) -> JSONResponse:
-        replicas = await self._generators.replicas()
-        try:
-            queued = await asyncio.wait_for(self._store.waiting.remote(), self.options.health_timeout_s)
-        except Exception:  # the store is restarting: say nothing rather than wait
-            queued = None
+        replicas, queued = await asyncio.gather(self._generators.replicas(), self._queued())
         body = {
             "status": replicas.status,
             "model_loaded": replicas.ready > 0,
@@ -117,6 +113,13 @@ class AvatarService:
         }
         headers = {} if replicas.ready else {"Retry-After": str(self.options.retry_after_s)}
         return JSONResponse(body, status_code=200 if replicas.ready else 503, headers=headers)
+
+    async def _queued(self) -> int | None:
+        """Requests no generator took yet, from the store; None if it does not answer in time (restarting)."""
+        try:
+            return await asyncio.wait_for(self._store.waiting.remote(), self.options.health_timeout_s / 2)
+        except Exception:
+            return None
 
     async def stream(self, http_request: Request, framing: Framing, route: str) -> Response:
         submitted = await self._submit_or_error(http_request, self.options.queued_after_s, detached=False)

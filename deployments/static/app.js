@@ -4,7 +4,7 @@
 
 import { joinSegments } from "./fmp4.js";
 import { StreamPlayer, clearVideo } from "./player.js";
-import { readEventStream } from "./sse.js";
+import { RESUME_TRIES, newRequestId, readResuming } from "./resume.js";
 import { MicrophoneRecording } from "./recorder.js";
 
 const $ = (id) => document.getElementById(id);
@@ -54,7 +54,6 @@ const FIELDS = {
 };
 const MAX_SEED = 2 ** 32 - 1;
 const API_KEY_STORAGE = "omniavatar-api-key";
-const RESUME_TRIES = 5; // after a dropped connection, waiting 1, 2, 4, 8, 16 s before each
 const HTTP_TITLES = {
   400: "The service could not read the request",
   413: "The files are too large",
@@ -138,12 +137,7 @@ function authHeaders() {
 ui.apiKeyInput.value = localStorage.getItem(API_KEY_STORAGE) || "";
 ui.apiKeyInput.addEventListener("change", () => localStorage.setItem(API_KEY_STORAGE, ui.apiKeyInput.value.trim()));
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** An unguessable request id (128 random bits): only who knows it can resume or cancel the request. */
-function newRequestId() {
-  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (byte) => byte.toString(16).padStart(2, "0")).join("");
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // Errors: one box for the request, and a message under each field the service or the form names
@@ -444,31 +438,19 @@ function checkEventStream(response) {
   }
 }
 
-/** Reads the stream to its end; after a network failure or an early end, resumes from the last event
- * received, up to RESUME_TRIES times in a row. What has been received and played is kept. */
+/** Reads the stream to its end, resuming after drops; what has been received and played is kept. */
 async function follow(run, response) {
-  let failures = 0;
-  let incomplete = false;
-  for (;;) {
-    try {
-      ({ incomplete } = await overNetwork(readEventStream(response.body, (event) => handleEvent(run, event)), "The connection to the service was lost"));
-      failures = 0;
-      if (run.outcome || !run.requestId) break;
-    } catch (error) {
-      if (run.outcome || run.stopped || !run.requestId || error.name === "AbortError") throw error;
-    }
-    if (++failures > RESUME_TRIES) break;
-    setStatus(`The connection was lost; resuming (try ${failures} of ${RESUME_TRIES})…`);
-    await sleep(1000 * 2 ** (failures - 1));
-    if (run.stopped) throw new DOMException("stopped", "AbortError");
-    response = await resumed(run);
-    if (!response) continue;
-    if (!response.ok) {
-      await showHttpError(response);
-      run.outcome = "error";
-      return;
-    }
-    checkEventStream(response);
+  const reading = readResuming(response, run, {
+    onEvent: (event) => handleEvent(run, event),
+    finished: () => Boolean(run.outcome),
+    headers: authHeaders,
+    check: checkEventStream,
+    onRetry: (attempt) => setStatus(`The connection was lost; resuming (try ${attempt} of ${RESUME_TRIES})…`),
+  });
+  const { incomplete, refused } = await overNetwork(reading, "The connection to the service was lost");
+  if (refused) {
+    await showHttpError(refused);
+    run.outcome = "error";
   }
   if (!run.outcome) {
     run.outcome = "error";
@@ -478,20 +460,6 @@ async function follow(run, response) {
       incomplete ? "The last event was cut off." : run.requestId ? `It could not be resumed (request ${run.requestId}).` : "",
     );
     setStatus("The stream ended too early.");
-  }
-}
-
-/** GET /streams/{id} after the last event received; null when the network still fails or a 5xx answers. */
-async function resumed(run) {
-  try {
-    const response = await fetch(`/streams/${encodeURIComponent(run.requestId)}`, {
-      headers: { Accept: "text/event-stream", "Last-Event-ID": run.lastEventId, ...authHeaders() },
-      signal: run.controller.signal,
-    });
-    return response.status >= 500 ? null : response;
-  } catch (error) {
-    if (error.name === "AbortError") throw error;
-    return null;
   }
 }
 

@@ -108,6 +108,9 @@ def test_another_key_cannot_resume_fetch_or_cancel(resumable: Service, client: h
         assert answer.json()["error"]["code"] == "unknown_request", answer.text
     mine = client.get(f"{resumable.url}/jobs/{request_id}", headers=AUTH)
     assert mine.status_code == 200, f"the creating key sees its job, got {mine.status_code}: {mine.text}"
+    for headers, params, code in (({"Last-Event-ID": "other-id:3"}, {}, "invalid_last_event_id"), ({}, {"after": "x"}, "invalid_after")):
+        bad = client.get(f"{resumable.url}/streams/{request_id}", headers={**AUTH, **headers}, params=params)
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == code, f"expected 400 {code}, got {bad.status_code}: {bad.text}"
 
 
 def test_delete_stops_the_work_within_a_step(resumable: Service, client: httpx.Client) -> None:

@@ -17,7 +17,7 @@ if __package__ in (None, ""):  # `python client/client.py`: import the package, 
 from client.errors import EXIT_USAGE, ClientError, raise_for_error_response, run_cli
 from client.events import ProtocolError
 from client.files import write_atomically
-from client.request import endpoint, http_client, request_body, request_parser
+from client.request import endpoint, http_client, new_request_id, request_body, request_parser
 
 PROG = "avatar-generate"
 DESCRIPTION = (
@@ -41,8 +41,8 @@ def main_with(args: argparse.Namespace) -> int:
     if not args.output.parent.is_dir():
         raise ClientError(f"the output folder does not exist: {args.output.parent}", EXIT_USAGE)
     sent = time.monotonic()
-    with http_client(args.timeout) as client:
-        response = client.post(endpoint(args.server, "/generate"), json=body)
+    with http_client(args.timeout, args.api_key) as client:
+        response = client.post(endpoint(args.server, "/generate"), json=body, headers={"X-Request-ID": new_request_id()})
     raise_for_error_response(response)
     try:
         result = response.json()

@@ -85,10 +85,25 @@ Event = Queued | Started | Progress | Segment | Completed | Failed
 
 @dataclass(frozen=True)
 class SseMessage:
-    """One dispatched Server-Sent Event: its type and its data lines joined by newlines."""
+    """One dispatched Server-Sent Event: its type, its data lines joined by newlines, and its `id` if any."""
 
     event: str
     data: str
+    id: str | None = None
+
+
+@dataclass
+class Cursor:
+    """Where a stream is: its request id and the `seq` of the last event read, to resume after it."""
+
+    request_id: str | None = None
+    seq: int = -1
+
+    def advance(self, request_id: str | None, seq: Any) -> None:
+        if request_id:
+            self.request_id = request_id
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            self.seq = max(self.seq, seq)
 
 
 def parse_sse(lines: Iterable[str]) -> Iterator[SseMessage]:
@@ -97,12 +112,12 @@ def parse_sse(lines: Iterable[str]) -> Iterator[SseMessage]:
     Comments (`: keep-alive`) are skipped, several `data:` lines join with newlines, a blank line dispatches,
     and an event without data or cut off before its blank line is dropped.
     """
-    event, data = "", []
+    event, data, event_id = "", [], None
     for line in lines:
         if not line:
             if data:
-                yield SseMessage(event or "message", "\n".join(data))
-            event, data = "", []
+                yield SseMessage(event or "message", "\n".join(data), event_id)
+            event, data, event_id = "", [], None
             continue
         if line.startswith(":"):
             continue
@@ -112,25 +127,36 @@ def parse_sse(lines: Iterable[str]) -> Iterator[SseMessage]:
             event = value
         elif name == "data":
             data.append(value)
-        # `id` and `retry` mean nothing to a single POST stream; unknown fields are ignored by the standard
+        elif name == "id":
+            event_id = value
+        # `retry` and unknown fields are ignored, as the standard says
 
 
-def read_sse(lines: Iterable[str]) -> Iterator[Event]:
-    """Typed events from an SSE stream; events of unknown types are skipped."""
+def read_sse(lines: Iterable[str], cursor: Cursor | None = None) -> Iterator[Event]:
+    """Typed events from an SSE stream; events of unknown types are skipped. `cursor` follows the events'
+    ids (`<request_id>:<seq>`), advanced before each event is yielded."""
     for message in parse_sse(lines):
         if message.event in SSE_EVENTS:
-            yield SSE_EVENTS[message.event](_json_object(message.data, f"the '{message.event}' event"))
+            event = SSE_EVENTS[message.event](_json_object(message.data, f"the '{message.event}' event"))
+            if cursor is not None and message.id:
+                request_id, _, seq = message.id.rpartition(":")
+                cursor.advance(request_id, int(seq) if seq.isdigit() else None)
+            yield event
 
 
-def read_ndjson(lines: Iterable[str]) -> Iterator[Event]:
-    """Typed events from NDJSON lines; blank lines (keep-alives) and unknown statuses are skipped."""
+def read_ndjson(lines: Iterable[str], cursor: Cursor | None = None) -> Iterator[Event]:
+    """Typed events from NDJSON lines; blank lines (keep-alives) and unknown statuses are skipped. `cursor`
+    follows the lines' `seq` and `request_id`."""
     for line in lines:
         if not line.strip():
             continue
         obj = _json_object(line, "an NDJSON line")
         status = obj.get("status")
         if status in NDJSON_EVENTS:
-            yield NDJSON_EVENTS[status](obj)
+            event = NDJSON_EVENTS[status](obj)
+            if cursor is not None:
+                cursor.advance(obj.get("request_id") if isinstance(obj.get("request_id"), str) else None, obj.get("seq"))
+            yield event
 
 
 # -- payloads to events ------------------------------------------------------------------------------------

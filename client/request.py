@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +14,24 @@ import httpx
 from client.errors import EXIT_USAGE, ClientError
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
+API_KEY_ENV = "OMNIAVATAR_API_KEY"
 
 
-def request_parser(prog: str, description: str, timeout_s: float, timeout_help: str) -> argparse.ArgumentParser:
+def request_parser(
+    prog: str, description: str, timeout_s: float, timeout_help: str, prompt_required: bool = True
+) -> argparse.ArgumentParser:
     """A parser with the options both clients share: where to send, what to generate, how long to wait."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--server", default=DEFAULT_SERVER, metavar="URL", help="base URL of the service (default: %(default)s)")
-    parser.add_argument("--prompt", required=True, metavar="TEXT", help="what the video shows, e.g. 'a man talking on a sofa'")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        metavar="KEY",
+        help=f"the service's API key, sent as 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}, else none)",
+    )
+    parser.add_argument(
+        "--prompt", required=prompt_required, metavar="TEXT", help="what the video shows, e.g. 'a man talking on a sofa'"
+    )
     parser.add_argument("--image", type=Path, metavar="FILE", help="reference face: a JPEG, PNG or WebP file")
     parser.add_argument(
         "--audio", type=Path, metavar="FILE", help="speech: a WAV, MP3, FLAC or OGG file; it sets the video length"
@@ -60,9 +73,16 @@ def read_input(path: Path) -> bytes:
         raise ClientError(f"cannot read input file {path}: {error.strerror or error}", EXIT_USAGE) from None
 
 
-def http_client(timeout_s: float) -> httpx.Client:
-    """An HTTP client that waits at most `timeout_s` for any read (a stream's keep-alives reset it)."""
-    return httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)))
+def http_client(timeout_s: float, api_key: str | None = None) -> httpx.Client:
+    """An HTTP client that waits at most `timeout_s` for any read (a stream's keep-alives reset it) and sends
+    the API key, if any, with every request."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)), headers=headers)
+
+
+def new_request_id() -> str:
+    """An unguessable X-Request-ID (128 random bits): the request's id for resuming, fetching and cancelling."""
+    return secrets.token_urlsafe(16)
 
 
 def endpoint(server: str, path: str) -> str:

@@ -12,26 +12,29 @@ from typing import Any
 import httpx
 
 from client.errors import ClientError, raise_for_error_response, server_error
-from client.events import Completed, Event, Failed, ProtocolError, Queued, Segment, Started, read_ndjson, read_sse
+from client.events import Completed, Cursor, Event, Failed, ProtocolError, Queued, Segment, Started, read_ndjson, read_sse
 from client.files import write_atomically
-from client.request import endpoint
+from client.request import endpoint, new_request_id
 
 ROUTES = {"sse": ("/generate-stream", read_sse), "chunked": ("/generate-stream-chunked", read_ndjson)}
 
 
-def stream_events(client: httpx.Client, server: str, body: dict[str, Any], mode: str) -> Iterator[Event]:
-    """The events of one streamed request, read as they arrive. The request is sent on the first `next()`.
+def stream_events(client: httpx.Client, server: str, body: dict[str, Any], mode: str, cursor: Cursor | None = None) -> Iterator[Event]:
+    """The events of one streamed request, read as they arrive. The request is sent on the first `next()`;
+    `cursor` follows the request id and the last event's seq, to resume after a drop.
 
     Raises:
         ClientError: the server refused the request before streaming (HTTP 4xx/5xx, with its message).
         httpx.HTTPError: the connection failed, timed out or broke off.
     """
     path, reader = ROUTES[mode]
-    with client.stream("POST", endpoint(server, path), json=body) as response:
+    with client.stream("POST", endpoint(server, path), json=body, headers={"X-Request-ID": new_request_id()}) as response:
         if not response.is_success:
             response.read()
             raise_for_error_response(response)
-        yield from reader(response.iter_lines())
+        if cursor is not None:  # known before the first event: a Ctrl-C can cancel a request still queued
+            cursor.advance(response.headers.get("x-request-id"), None)
+        yield from reader(response.iter_lines(), cursor)
 
 
 def segment_path(output_dir: Path, index: int) -> Path:

@@ -1,6 +1,9 @@
 """avatar-stream: stream a talking-avatar video, saving each segment the moment it arrives.
 
 Example: avatar-stream --prompt "a man talking" --image face.jpg --audio speech.mp3 --concatenate
+
+A dropped connection is resumed after the last event received; `--detach` submits a job and prints its id,
+`--resume ID` follows an earlier request from its start; Ctrl-C cancels the request on the server.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from tqdm import tqdm
 
 from client.concat import concatenate
 from client.errors import EXIT_USAGE, ClientError, run_cli
-from client.events import Event, Progress, Queued, Segment, Started
+from client.events import Cursor, Event, Progress, Queued, Segment, Started
 from client.request import http_client, request_body, request_parser
+from client.resume import cancel, resilient_events, resume_events, submit_job
 from client.stream import Received, receive, stream_events
 
 PROG = "avatar-stream"
@@ -32,7 +36,7 @@ VIDEO_NAME = "video.mp4"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = request_parser(PROG, DESCRIPTION, timeout_s=60.0, timeout_help=TIMEOUT_HELP)
+    parser = request_parser(PROG, DESCRIPTION, timeout_s=60.0, timeout_help=TIMEOUT_HELP, prompt_required=False)
     parser.add_argument(
         "--output-dir", type=Path, metavar="DIR", default=Path("segments"), help="where segments go (default: %(default)s)"
     )
@@ -45,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--concatenate", action="store_true", help=f"also join the segments losslessly (no re-encode) into DIR/{VIDEO_NAME}"
+    )
+    follow = parser.add_mutually_exclusive_group()
+    follow.add_argument("--detach", action="store_true", help="submit the request as a job, print its id and URLs, and exit")
+    follow.add_argument("--resume", metavar="ID", help="follow the earlier request ID (from --detach, or a lost stream) instead of sending one")
+    parser.add_argument(
+        "--retries", type=int, default=5, metavar="N", help="tries to resume a dropped stream, waiting 1, 2, 4, ... s between them (default: %(default)s)"
     )
     return parser
 
@@ -103,15 +113,33 @@ class ProgressBar:
 
 def main_with(args: argparse.Namespace) -> int:
     """Run one streamed generation for parsed `args`; the exit status."""
-    body = request_body(args)
+    if args.resume is None and args.prompt is None:
+        raise ClientError("--prompt is required (or --resume ID to follow an earlier request)", EXIT_USAGE)
+    body = request_body(args) if args.resume is None else {}
+    if args.detach:
+        with http_client(args.timeout, args.api_key) as client:
+            job = submit_job(client, args.server, body)
+        print(f"submitted request {job['request_id']}: status {job['status_url']}, video {job['video_url']}", file=sys.stderr)
+        print(job["request_id"])  # alone on stdout, for scripts
+        return 0
     try:
         args.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ClientError(f"cannot create the output folder {args.output_dir}: {error.strerror}", EXIT_USAGE) from None
     progress = ProgressBar()
-    with http_client(args.timeout) as client, contextlib.closing(stream_events(client, args.server, body, args.mode)) as events:
+    cursor = Cursor(request_id=args.resume)
+    with http_client(args.timeout, args.api_key) as client:
+        if args.resume is None:
+            first = lambda c: stream_events(client, args.server, body, args.mode, c)  # noqa: E731
+        else:
+            first = lambda c: resume_events(client, args.server, args.mode, c)  # noqa: E731
         try:
-            received = receive(events, args.output_dir, progress)
+            with contextlib.closing(resilient_events(first, client, args.server, args.mode, cursor, args.retries)) as events:
+                received = receive(events, args.output_dir, progress)
+        except KeyboardInterrupt:
+            if cursor.request_id is not None and cancel(client, args.server, cursor.request_id):
+                print(f"cancelled request {cursor.request_id}", file=sys.stderr)
+            raise
         finally:
             progress.close()
     if args.concatenate:

@@ -17,6 +17,7 @@ from deployments.generator import AvatarGenerator
 from deployments.ingress import AvatarIngress
 from deployments.options import StreamOptions
 from deployments.profiles import PROFILE_NAME_PATTERN, ServedProfile, generator_name
+from deployments.streams import StreamStore
 from deployments.text_encoder import TextEncoder
 from model.config import PROJECT_ROOT, ModelConfig, load_model_config
 from model.media import EncodingOptions
@@ -112,6 +113,22 @@ def build_app(args: AppArgs) -> Application:
     for name, profile in args.profiles.items():
         profile_config = _model_config(profile.config, profile.options, profile.model_dir or args.model_dir)
         others.append(ServedProfile(name, _generator(args, profile_config, name, profile.generator), profile_config))
-    return AvatarIngress.options(**args.ingress).bind(
-        _generator(args, config, None, args.generator), config, args.limits, args.stream, args.auth, args.default_profile, tuple(others)
-    )
+    generator = _generator(args, config, None, args.generator)
+    return bind_ingress(generator, config, args.limits, args.stream, args.auth, args.ingress, args.default_profile, tuple(others))
+
+
+def bind_ingress(
+    generator: Application,
+    config: ModelConfig,
+    limits: RequestLimits,
+    stream: StreamOptions,
+    auth: AuthOptions | None = None,
+    ingress: dict[str, Any] | None = None,
+    default_profile: str = DEFAULT_PROFILE,
+    other_profiles: tuple[ServedProfile, ...] = (),
+) -> Application:
+    """The ingress over bound generators (`generator` and `config`: the default profile's, named `default_profile`
+    in requests), with the StreamStore that runs and logs the requests between them."""
+    profiles = (ServedProfile(default_profile, generator, config), *other_profiles)
+    store = StreamStore.bind({profile.name: profile.generator for profile in profiles}, stream)
+    return AvatarIngress.options(**(ingress or {})).bind(store, profiles, limits, stream, auth)

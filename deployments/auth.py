@@ -138,7 +138,7 @@ def install(app: Any, options: AuthOptions) -> None:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(options.cors_origins),
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Last-Event-ID", "Range"],
+            expose_headers=["X-Request-ID", "Retry-After", "Content-Range", "Location"],
         )

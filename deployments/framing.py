@@ -1,4 +1,5 @@
-"""Wire framing of docs/protocol.md: the same events as Server-Sent Events or as NDJSON lines."""
+"""Wire framing of docs/protocol.md: the same events as Server-Sent Events or as NDJSON lines, each with its
+place in the request's stream (the SSE `id` `<request_id>:<seq>`, the NDJSON `seq`) to resume from."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import json
 from typing import Any, Protocol
 
 
-def sse_event(name: str, data: dict[str, Any]) -> bytes:
+def sse_event(name: str, data: dict[str, Any], event_id: str | None = None) -> bytes:
     """One SSE event whose data is a single-line JSON object."""
-    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 def ndjson_line(obj: dict[str, Any]) -> bytes:
@@ -16,17 +18,13 @@ def ndjson_line(obj: dict[str, Any]) -> bytes:
 
 
 class Framing(Protocol):
-    """How one route writes the stream's events."""
+    """How one route writes the stream's events: `kind` is queued, start, progress, segment, complete or
+    error; `seq` is None for an error of the ingress itself, which has no place in the stream's log."""
 
     media_type: str
     keepalive: bytes
 
-    def queued(self, payload: dict[str, Any]) -> bytes: ...
-    def start(self, payload: dict[str, Any]) -> bytes: ...
-    def progress(self, payload: dict[str, Any]) -> bytes: ...
-    def segment(self, payload: dict[str, Any]) -> bytes: ...
-    def complete(self, payload: dict[str, Any]) -> bytes: ...
-    def error(self, error: dict[str, Any]) -> bytes: ...
+    def event(self, kind: str, payload: dict[str, Any], request_id: str, seq: int | None) -> bytes: ...
 
 
 class SseFraming:
@@ -35,45 +33,20 @@ class SseFraming:
     media_type = "text/event-stream"
     keepalive = b": keep-alive\n\n"
 
-    def queued(self, payload: dict[str, Any]) -> bytes:
-        return sse_event("queued", payload)
+    def event(self, kind: str, payload: dict[str, Any], request_id: str, seq: int | None) -> bytes:
+        return sse_event(kind, payload, None if seq is None else f"{request_id}:{seq}")
 
-    def start(self, payload: dict[str, Any]) -> bytes:
-        return sse_event("start", payload)
 
-    def progress(self, payload: dict[str, Any]) -> bytes:
-        return sse_event("progress", payload)
-
-    def segment(self, payload: dict[str, Any]) -> bytes:
-        return sse_event("segment", payload)
-
-    def complete(self, payload: dict[str, Any]) -> bytes:
-        return sse_event("complete", payload)
-
-    def error(self, error: dict[str, Any]) -> bytes:
-        return sse_event("error", {"error": error})
+NDJSON_STATUS = {"start": "started", "complete": "completed"}  # the other kinds keep their name
+NDJSON_EXTRA: dict[str, dict[str, Any]] = {"start": {"streaming": True}, "complete": {"final": True}, "error": {"final": True}}
 
 
 class NdjsonFraming:
-    """`application/x-ndjson`: one object per line with a `status`; empty lines keep it alive."""
+    """`application/x-ndjson`: one object per line with a `status` and a `seq`; empty lines keep it alive."""
 
     media_type = "application/x-ndjson"
     keepalive = b"\n"
 
-    def queued(self, payload: dict[str, Any]) -> bytes:
-        return ndjson_line({"status": "queued", **payload})
-
-    def start(self, payload: dict[str, Any]) -> bytes:
-        return ndjson_line({"status": "started", "streaming": True, **payload})
-
-    def progress(self, payload: dict[str, Any]) -> bytes:
-        return ndjson_line({"status": "progress", **payload})
-
-    def segment(self, payload: dict[str, Any]) -> bytes:
-        return ndjson_line({"status": "segment", **payload})
-
-    def complete(self, payload: dict[str, Any]) -> bytes:
-        return ndjson_line({"status": "completed", **payload, "final": True})
-
-    def error(self, error: dict[str, Any]) -> bytes:
-        return ndjson_line({"status": "error", "error": error, "final": True})
+    def event(self, kind: str, payload: dict[str, Any], request_id: str, seq: int | None) -> bytes:
+        head = {"status": NDJSON_STATUS.get(kind, kind)} | ({} if seq is None else {"seq": seq})
+        return ndjson_line(head | payload | NDJSON_EXTRA.get(kind, {}))

@@ -20,8 +20,8 @@ from deployments.framing import NdjsonFraming, SseFraming
 from deployments.options import StreamOptions
 from deployments.profiles import ProfileRouter, ServedProfile
 from deployments.serving import AvatarService
-from model.config import GenerationDefaults, ModelConfig
-from model.request import DEFAULT_PROFILE, RequestLimits, request_schema
+from model.config import GenerationDefaults
+from model.request import RequestLimits, request_schema
 from model.responses import openapi_responses
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -57,20 +57,20 @@ async def _validation_error(_: Request, error: RequestValidationError) -> JSONRe
 class AvatarIngress:
     def __init__(
         self,
-        generator: DeploymentHandle,
-        config: ModelConfig,
+        store: DeploymentHandle,
+        profiles: tuple[ServedProfile, ...],
         limits: RequestLimits,
         options: StreamOptions,
         auth: AuthOptions | None = None,
-        default_profile: str = DEFAULT_PROFILE,
-        other_profiles: tuple[ServedProfile, ...] = (),
     ) -> None:
-        """`generator` and `config` serve the default profile, named `default_profile` in requests."""
-        install(app, auth or AuthOptions())  # middleware, before Serve starts the app
-        profiles = ProfileRouter([ServedProfile(default_profile, generator, config), *other_profiles], options.health_timeout_s)
-        self.service = AvatarService(profiles, limits, options)
+        """`profiles`: each profile's generator and model config, the default first; `store` runs the requests."""
+        auth = auth or AuthOptions()
+        install(app, auth)  # middleware, before Serve starts the app
+        router = ProfileRouter(profiles, options.health_timeout_s)
+        self.service = AvatarService(router, store, limits, options, auth.enabled)
+        default = router.default.config
         BODY_SCHEMA.clear()  # FastAPI builds /openapi.json on its first call, from this same dict
-        BODY_SCHEMA.update(request_schema(limits, config.generation, config.planning.fps, profiles.names))
+        BODY_SCHEMA.update(request_schema(limits, default.generation, default.planning.fps, router.names))
 
     @app.get("/", include_in_schema=False)
     async def page(self) -> Response:
@@ -96,3 +96,31 @@ class AvatarIngress:
     async def generate(self, request: Request) -> Response:
         """The whole video as one MP4 (base64 in JSON), once every segment is done."""
         return await self.service.whole_video(request)
+
+    @app.get("/streams/{request_id}", responses=openapi_responses("text/event-stream"))
+    async def resume_stream(self, request_id: str, request: Request, format: str = "sse") -> Response:
+        """An earlier request's stream after `Last-Event-ID` or `?after=<seq>`: what was missed, then live.
+        `?format=ndjson` gives NDJSON lines."""
+        if format == "ndjson":
+            return await self.service.resume(request, request_id, NdjsonFraming(), route="ndjson")
+        return await self.service.resume(request, request_id, SseFraming(), route="sse")
+
+    @app.delete("/streams/{request_id}")
+    async def cancel_stream(self, request_id: str, request: Request) -> Response:
+        """Stop a request now (within one denoising step); answers its state."""
+        return await self.service.cancel(request, request_id)
+
+    @app.post("/jobs", status_code=202, openapi_extra=GENERATE_BODY)
+    async def submit_job(self, request: Request) -> Response:
+        """202 with the request id and the URLs of its stream, status and video; it runs whoever is connected."""
+        return await self.service.submit_job(request)
+
+    @app.get("/jobs/{request_id}")
+    async def job_status(self, request_id: str, request: Request) -> Response:
+        """A request's state, progress and estimated seconds left."""
+        return await self.service.job_status(request, request_id)
+
+    @app.get("/videos/{request_id}")
+    async def video(self, request_id: str, request: Request) -> Response:
+        """A completed request's whole MP4 (`video/mp4`, Range requests served)."""
+        return await self.service.video(request, request_id)

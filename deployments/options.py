@@ -18,3 +18,6 @@ class StreamOptions:
     max_queue_wait_s: float = 600.0  # a request no generator took within this ends with `queue_timeout`
     stall_timeout_s: float = 300.0  # a generation with no step progress for this long has stalled
     orphan_check_s: float = 2.0  # how often a generator checks that the ingress of its request is alive
+    resume_grace_s: float = 0.0  # a stream whose last client left runs on this long for a resume; 0: cancel at once
+    retention_s: float = 3600.0  # a finished request's segments and video are kept this long for resumes and downloads
+    max_retained_bytes: int = 1 << 30  # and within this many bytes over all finished requests, oldest evicted first

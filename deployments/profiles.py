@@ -1,6 +1,6 @@
 """Profiles: one service, several generator deployments (e.g. `quality` and `fast`), each with its own model
 config, replicas and autoscaling. A request names its profile in the `profile` field; the ingress sends it to
-that profile's generators. A serve config without profiles serves one, DEFAULT_PROFILE, from AvatarGenerator.
+that profile's generators (through the StreamStore, which calls them). A serve config without profiles serves one, DEFAULT_PROFILE, from AvatarGenerator.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from ray.serve.handle import DeploymentHandle
 
-from deployments.events import GenerationJob
 from deployments.health import GeneratorReplicas, GeneratorWatch
 from model.config import ModelConfig
 from model.request import Profile
@@ -50,7 +49,6 @@ class ProfileRouter:
     def __init__(self, profiles: Sequence[ServedProfile], health_timeout_s: float) -> None:
         self.default = profiles[0]
         self._profiles = {profile.name: profile for profile in profiles}
-        self._streams = {p.name: p.generator.options(stream=True, method_name="generate") for p in profiles}
         self._watches = {
             p.name: GeneratorWatch(p.generator.app_name, p.generator.deployment_name, health_timeout_s) for p in profiles
         }
@@ -62,10 +60,6 @@ class ProfileRouter:
 
     def config(self, name: str) -> ModelConfig:
         return self._profiles[name].config
-
-    def stream(self, name: str, job: GenerationJob) -> DeploymentResponseGenerator:
-        """Submit `job` to the generators of profile `name`."""
-        return self._streams[name].remote(job)
 
     async def replicas(self, name: str) -> GeneratorReplicas:
         return await self._watches[name].replicas()

@@ -1,9 +1,10 @@
 // The page: a form that POSTs to /generate-stream, and a player that plays each segment as it arrives.
-// No framework and no build step: ES modules served as they are by the ingress at /static/.
+// A dropped connection is resumed from the last event received (GET /streams/{id} with Last-Event-ID), so
+// what has played stays and the rest follows. No framework and no build step: ES modules served as they are.
 
 import { joinSegments } from "./fmp4.js";
 import { StreamPlayer, clearVideo } from "./player.js";
-import { readEventStream } from "./sse.js";
+import { RESUME_TRIES, newRequestId, readResuming } from "./resume.js";
 import { MicrophoneRecording } from "./recorder.js";
 
 const $ = (id) => document.getElementById(id);
@@ -17,6 +18,7 @@ const ui = {
   promptInput: $("prompt-input"),
   stepsInput: $("steps-input"),
   seedInput: $("seed-input"),
+  apiKeyInput: $("api-key-input"),
   generateButton: $("generate-button"),
   stopButton: $("stop-button"),
   downloadButton: $("download-button"),
@@ -51,6 +53,7 @@ const FIELDS = {
   seed: { input: ui.seedInput, error: $("seed-error"), requestField: "seed" },
 };
 const MAX_SEED = 2 ** 32 - 1;
+const API_KEY_STORAGE = "omniavatar-api-key";
 const HTTP_TITLES = {
   400: "The service could not read the request",
   413: "The files are too large",
@@ -124,6 +127,17 @@ async function overNetwork(promise, what) {
 function setStatus(text) {
   ui.status.textContent = text;
 }
+
+/** The Authorization header for the key in the form, if any (remembered in this browser). */
+function authHeaders() {
+  const key = ui.apiKeyInput.value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+ui.apiKeyInput.value = localStorage.getItem(API_KEY_STORAGE) || "";
+ui.apiKeyInput.addEventListener("change", () => localStorage.setItem(API_KEY_STORAGE, ui.apiKeyInput.value.trim()));
+
+
 
 // ---------------------------------------------------------------------------------------------------------
 // Errors: one box for the request, and a message under each field the service or the form names
@@ -368,6 +382,8 @@ async function generate() {
     outcome: null, // "complete", "error", "stopped"
     stopped: false, // the Stop button was pressed
     done: false,
+    requestId: null, // from the first event: what to resume or cancel
+    lastEventId: "", // the id of the last event received, to resume after it
   };
   state.run = run;
   setBusy(true);
@@ -376,7 +392,7 @@ async function generate() {
     const body = await requestBody(fields);
     const request = fetch("/generate-stream", {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream", "X-Request-ID": newRequestId(), ...authHeaders() },
       body: JSON.stringify(body),
       signal: run.controller.signal,
     });
@@ -386,23 +402,12 @@ async function generate() {
       run.outcome = "error";
       return;
     }
-    if (!(response.headers.get("Content-Type") || "").startsWith("text/event-stream")) {
-      throw new Problem("Unexpected answer", `The service answered with ${response.headers.get("Content-Type") || "no content type"} instead of an event stream.`);
-    }
+    checkEventStream(response);
+    run.requestId = response.headers.get("X-Request-ID"); // before the first event: Stop can cancel it at once
     run.player = new StreamPlayer(ui.video, (error) => playbackFailed(run, error));
     if (run.player.failed) playbackFailed(run, run.player.failed); // no Media Source Extensions at all
     setStatus("Waiting for the service to start…");
-    const reading = readEventStream(response.body, (event) => handleEvent(run, event));
-    const { incomplete } = await overNetwork(reading, "The connection to the service was lost");
-    if (!run.outcome) {
-      run.outcome = "error";
-      showError(
-        "The stream ended too early",
-        `The connection closed before the video was complete (${run.segments.length} of ${run.info?.total_segments ?? "?"} segments).`,
-        incomplete ? "The last event was cut off." : "",
-      );
-      setStatus("The stream ended too early.");
-    }
+    await follow(run, response);
   } catch (error) {
     if (run.outcome) {
       // complete or failed already: what came after (a Stop pressed at the last moment) changes nothing
@@ -427,11 +432,47 @@ async function generate() {
   }
 }
 
+function checkEventStream(response) {
+  if (!(response.headers.get("Content-Type") || "").startsWith("text/event-stream")) {
+    throw new Problem("Unexpected answer", `The service answered with ${response.headers.get("Content-Type") || "no content type"} instead of an event stream.`);
+  }
+}
+
+/** Reads the stream to its end, resuming after drops; what has been received and played is kept. */
+async function follow(run, response) {
+  const reading = readResuming(response, run, {
+    onEvent: (event) => handleEvent(run, event),
+    finished: () => Boolean(run.outcome),
+    headers: authHeaders,
+    check: checkEventStream,
+    onRetry: (attempt) => setStatus(`The connection was lost; resuming (try ${attempt} of ${RESUME_TRIES})…`),
+  });
+  const { incomplete, refused } = await overNetwork(reading, "The connection to the service was lost");
+  if (refused) {
+    await showHttpError(refused);
+    run.outcome = "error";
+  }
+  if (!run.outcome) {
+    run.outcome = "error";
+    showError(
+      "The stream ended too early",
+      `The connection closed before the video was complete (${run.segments.length} of ${run.info?.total_segments ?? "?"} segments).`,
+      incomplete ? "The last event was cut off." : run.requestId ? `It could not be resumed (request ${run.requestId}).` : "",
+    );
+    setStatus("The stream ended too early.");
+  }
+}
+
 function stop() {
   if (!busy()) return;
   setStatus("Stopping…");
-  state.run.stopped = true;
-  state.run.controller.abort();
+  const run = state.run;
+  run.stopped = true;
+  if (run.requestId) {
+    // the service would otherwise keep the request for a while, for a resume that will not come
+    fetch(`/streams/${encodeURIComponent(run.requestId)}`, { method: "DELETE", headers: authHeaders(), keepalive: true }).catch(() => {});
+  }
+  run.controller.abort();
 }
 
 async function showHttpError(response) {
@@ -456,6 +497,10 @@ async function showHttpError(response) {
 
 function handleEvent(run, event) {
   if (run.outcome) return; // nothing counts after complete or error
+  if (event.id) {
+    run.lastEventId = event.id;
+    run.requestId = event.id.slice(0, event.id.lastIndexOf(":"));
+  }
   let data;
   try {
     data = JSON.parse(event.data);
@@ -597,7 +642,7 @@ function download() {
 
 async function checkService() {
   try {
-    const response = await fetch("/health", { headers: { Accept: "application/json" } });
+    const response = await fetch("/health", { headers: { Accept: "application/json", ...authHeaders() } });
     const health = await response.json();
     if (ui.stepsInput.value === "" && health.defaults?.num_steps) ui.stepsInput.value = health.defaults.num_steps;
     if (health.limits?.max_audio_s) state.maxAudioS = health.limits.max_audio_s;

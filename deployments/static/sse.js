@@ -9,9 +9,10 @@ export class SseParser {
     this.skipLineFeed = false; // the last chunk ended in CR: a LF that starts the next one belongs to it
     this.type = "";
     this.data = [];
+    this.lastEventId = ""; // the standard's "last event ID buffer": kept until an id field changes it
   }
 
-  /** Parses a chunk of text; returns the events it completed, as {type, data}. */
+  /** Parses a chunk of text; returns the events it completed, as {type, data, id}. */
   push(text) {
     const events = [];
     let start = 0;
@@ -39,7 +40,7 @@ export class SseParser {
 
   line(line) {
     if (line === "") {
-      const event = this.data.length ? { type: this.type || "message", data: this.data.join("\n") } : null;
+      const event = this.data.length ? { type: this.type || "message", data: this.data.join("\n"), id: this.lastEventId } : null;
       this.type = "";
       this.data = [];
       return event;
@@ -51,12 +52,13 @@ export class SseParser {
     if (value.startsWith(" ")) value = value.slice(1);
     if (field === "event") this.type = value;
     else if (field === "data") this.data.push(value);
-    return null; // "id" and "retry" mean nothing without reconnection
+    else if (field === "id" && !value.includes("\0")) this.lastEventId = value; // where to resume after a drop
+    return null; // "retry" is for EventSource's own reconnection, which this page does itself
   }
 }
 
 /**
- * Reads a response body to its end, calling onEvent({type, data}) for each event in order.
+ * Reads a response body to its end, calling onEvent({type, data, id}) for each event in order.
  * Resolves to {incomplete}: whether the body ended inside an event. Rejects with the reader's error
  * (an AbortError after the request's AbortController fired).
  */

@@ -435,3 +435,23 @@ def test_a_queued_request_says_so(tmp_path, mode):
     assert_one_line_error(result, 1, f"the stream ended with an error (queue_timeout): {timeout['message']}")
     expected = ["queued request scripted: waiting for a free generator, 1 ahead", "queued request scripted: waiting for a free generator, 0 ahead"]
     assert result.stdout.splitlines() == expected, f"expected {expected} on stdout, found {result.stdout!r}"
+
+
+# -- jobs and resume ---------------------------------------------------------------------------------------
+
+
+def test_detach_then_resume_gives_the_frames_of_the_stream(server, streamed, tmp_path):
+    detached = run(STREAM, "--server", server, *INPUTS, "--detach", cwd=tmp_path)
+    assert detached.returncode == 0, f"expected --detach to succeed, found {explain(detached)}"
+    request_id = detached.stdout.strip()
+    assert request_id and "\n" not in request_id, f"expected the request id alone on stdout, found {detached.stdout!r}"
+    resumed = run(STREAM, "--server", server, "--resume", request_id, "--output-dir", "out", "--concatenate", cwd=tmp_path)
+    assert resumed.returncode == 0, f"expected --resume {request_id} to succeed, found {explain(resumed)}"
+    expected = frame_hashes(streamed("sse").output_dir / "video.mp4")
+    found = frame_hashes(tmp_path / "out" / "video.mp4")
+    assert found == expected, f"the resumed job's frames differ from the stream's: {difference(found, expected)}"
+
+
+def test_resume_of_an_unknown_id_is_a_clear_error(server, tmp_path):
+    result = run(STREAM, "--server", server, "--resume", "no-such-request", "--output-dir", "out", cwd=tmp_path)
+    assert_one_line_error(result, 1, "(HTTP 404, unknown_request)")

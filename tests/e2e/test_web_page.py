@@ -246,6 +246,26 @@ def test_stop_cancels_the_request_on_the_service(page: Page, service: Service) -
     assert events[-1][0] == "complete", events
 
 
+def test_a_dropped_stream_resumes_and_keeps_what_played(page: Page, service: Service) -> None:
+    """The POST's connection ends after segment 0: the page resumes with Last-Event-ID and completes."""
+
+    def cut_after_first_segment(route) -> None:
+        events = route.fetch(timeout=120_000).text().split("\n\n")
+        first = next(i for i, event in enumerate(events) if "event: segment" in event)
+        route.fulfill(status=200, content_type="text/event-stream", body="\n\n".join(events[: first + 1]) + "\n\n")
+
+    resumes: list[str | None] = []
+    page.route("**/generate-stream", cut_after_first_segment)
+    page.on("request", lambda request: resumes.append(request.headers.get("last-event-id")) if "/streams/" in request.url else None)
+    fill_form(page, steps=1, seed=3)
+    page.click("#generate-button")
+    expect(page.locator("#status")).to_contain_text("Done:", timeout=120_000)
+    expect(page.locator("#error-box")).to_be_hidden()
+    assert len(resumes) == 1 and re.fullmatch(r"[\w.:-]+:\d+", resumes[0] or ""), f"expected one resume with a Last-Event-ID, got {resumes}"
+    items = page.locator("#segment-list li").all_inner_texts()
+    assert items and all("not made" not in item for item in items), f"expected every segment received, got {items}"
+
+
 def test_records_speech_from_the_microphone_as_wav(page: Page) -> None:
     page.click("#record-button")
     expect(page.locator("#record-status")).to_contain_text("Recording 0:01", timeout=10_000)

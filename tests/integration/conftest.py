@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterator
@@ -19,9 +20,8 @@ import pytest
 import ray
 from ray import serve
 
-from deployments.app import AppArgs, build_app
+from deployments.app import AppArgs, bind_ingress, build_app
 from deployments.generator import AvatarGenerator
-from deployments.ingress import AvatarIngress
 from model.config import load_model_config
 from model.omniavatar.tiny import write_tiny
 from model.request import RequestLimits
@@ -83,6 +83,7 @@ def paced(base_url: str) -> Service:
         limits=RequestLimits(max_body_bytes=1 << 20),
         generator={"num_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 1, "ray_actor_options": {"num_cpus": 1}},
     )
+    args = args.model_copy(update={"stream": dataclasses.replace(args.stream, resume_grace_s=0)})  # a client that leaves cancels at once
     return run_app(build_app(args), base_url, "paced", "/paced")
 
 
@@ -93,7 +94,7 @@ def failing(base_url: str) -> Service:
     generator = AvatarGenerator.options(name="AvatarGenerator", ray_actor_options={"num_cpus": 1}).bind(
         config, args.encoding, backend_cls=FailingPreviewBackend
     )
-    return run_app(AvatarIngress.bind(generator, config, args.limits, args.stream), base_url, "failing", "/failing")
+    return run_app(bind_ingress(generator, config, args.limits, args.stream), base_url, "failing", "/failing")
 
 
 @pytest.fixture(scope="session")

@@ -22,18 +22,21 @@ class Event:
     name: str
     data: dict[str, Any]
     received: float = field(default_factory=time.monotonic)
+    event_id: str | None = None  # the SSE `id:` line
 
 
 def sse_events(response: httpx.Response) -> Iterator[Event]:
     """SSE events from a streaming response (comments are skipped, data lines joined)."""
-    name, data = "message", []
+    name, data, event_id = "message", [], None
     for line in response.iter_lines():
         if line.startswith(":"):
             continue
         if not line:
             if data:
-                yield Event(name, json.loads("\n".join(data)))
-            name, data = "message", []
+                yield Event(name, json.loads("\n".join(data)), event_id=event_id)
+            name, data, event_id = "message", [], None
+        elif line.startswith("id:"):
+            event_id = line[3:].strip()
         elif line.startswith("event:"):
             name = line[6:].strip()
         elif line.startswith("data:"):

@@ -23,9 +23,8 @@ import ray
 import requests
 from ray import serve
 
-from deployments.app import AppArgs
+from deployments.app import AppArgs, bind_ingress
 from deployments.generator import AvatarGenerator
-from deployments.ingress import AvatarIngress
 from deployments.options import StreamOptions
 from model.config import load_model_config
 from model.request import RequestLimits
@@ -62,9 +61,7 @@ def faults(base_url: str) -> Service:
         health_check_timeout_s=2,
         ray_actor_options={"num_cpus": 1},
     ).bind(config, args.encoding, backend_cls=BlockingStepPreviewBackend, options=OPTIONS)
-    ingress = AvatarIngress.options(**args.ingress, health_check_period_s=HEALTH_PERIOD_S).bind(
-        generator, config, RequestLimits(max_body_bytes=MAX_BODY), OPTIONS
-    )
+    ingress = bind_ingress(generator, config, RequestLimits(max_body_bytes=MAX_BODY), OPTIONS, ingress={**args.ingress, "health_check_period_s": HEALTH_PERIOD_S})
     return run_app(ingress, base_url, "faults", "/faults")
 
 
@@ -230,8 +227,8 @@ def test_a_request_queued_too_long_gets_queue_timeout(faults: Service, held: Bac
 
 def test_a_cancel_never_lets_two_generations_overlap(faults: Service) -> None:
     healthy_again(faults)
-    next_id = uuid.uuid4().hex
     for _ in range(3):
+        next_id = uuid.uuid4().hex  # request ids are unique while their request is retained
         leaving = BackgroundStream(f"{faults.url}/generate-stream", LONG)
         leaving.wait_for("progress")
         leaving.leave()  # mid-step: the step goes on for up to STEP_S after the cancel
@@ -308,7 +305,7 @@ def test_a_loading_generator_is_not_routable_and_requests_wait_for_it(base_url: 
     generator = AvatarGenerator.options(name="AvatarGenerator", num_replicas=1, ray_actor_options={"num_cpus": 1}).bind(
         config, args.encoding, backend_cls=BlockingStepPreviewBackend, options=OPTIONS
     )
-    app = AvatarIngress.options(**args.ingress).bind(generator, config, args.limits, StreamOptions(max_queue_wait_s=60))
+    app = bind_ingress(generator, config, args.limits, StreamOptions(max_queue_wait_s=60), ingress=args.ingress)
     serve.run_many([serve.RunTarget(app, name="loading", route_prefix="/loading")], wait_for_applications_running=False)
     url = f"{base_url}/loading"
     try:

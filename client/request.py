@@ -42,6 +42,10 @@ def request_parser(
     )
     parser.add_argument("--negative-prompt", metavar="TEXT", help="what the video should avoid (default: the server's)")
     parser.add_argument("--guidance-scale", type=float, metavar="SCALE", help="text guidance, 1 to 20 (default: the server's)")
+    parser.add_argument("--profile", metavar="NAME", help="the server's profile to use, e.g. fast (default: the server's default)")
+    parser.add_argument(
+        "--tea-cache-threshold", type=float, metavar="X", help="TeaCache threshold: faster, lower quality; 0 = off (default: the server's)"
+    )
     parser.add_argument(
         "--timeout", type=float, default=timeout_s, metavar="SECONDS", help=f"{timeout_help} (default: %(default)s)"
     )
@@ -59,6 +63,8 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "negative_prompt": args.negative_prompt,
         "guidance_scale": args.guidance_scale,
+        "profile": args.profile,
+        "tea_cache_threshold": args.tea_cache_threshold,
     }
     return body | {field: value for field, value in optional.items() if value is not None}
 

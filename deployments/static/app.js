@@ -6,6 +6,8 @@ import { joinSegments } from "./fmp4.js";
 import { StreamPlayer, clearVideo } from "./player.js";
 import { RESUME_TRIES, newRequestId, readResuming } from "./resume.js";
 import { MicrophoneRecording } from "./recorder.js";
+import { authHeaders, rememberApiKey } from "./apikey.js";
+import { formatSeconds, formatBytes, formatClock, base64ToBytes, readAsDataUrl, Problem, overNetwork } from "./helpers.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -53,7 +55,6 @@ const FIELDS = {
   seed: { input: ui.seedInput, error: $("seed-error"), requestField: "seed" },
 };
 const MAX_SEED = 2 ** 32 - 1;
-const API_KEY_STORAGE = "omniavatar-api-key";
 const HTTP_TITLES = {
   400: "The service could not read the request",
   413: "The files are too large",
@@ -71,72 +72,11 @@ const state = {
   download: null, // {url, name} of the last complete video
 };
 
-// ---------------------------------------------------------------------------------------------------------
-// Small helpers
-
-function formatSeconds(seconds) {
-  return `${seconds.toFixed(seconds < 10 ? 2 : 1)} s`;
-}
-
-function formatBytes(bytes) {
-  if (bytes < 1000) return `${bytes} bytes`;
-  if (bytes < 1e6) return `${(bytes / 1e3).toFixed(0)} kB`;
-  return `${(bytes / 1e6).toFixed(1)} MB`;
-}
-
-function formatClock(seconds) {
-  const whole = Math.floor(seconds);
-  return `${Math.floor(whole / 60)}:${String(whole % 60).padStart(2, "0")}`;
-}
-
-function base64ToBytes(text) {
-  if (Uint8Array.fromBase64) return Uint8Array.fromBase64(text);
-  const binary = atob(text);
-  const bytes = new Uint8Array(binary.length);
-  for (let i = 0; i < binary.length; i += 1) bytes[i] = binary.charCodeAt(i);
-  return bytes;
-}
-
-function readAsDataUrl(file) {
-  return new Promise((resolve, reject) => {
-    const reader = new FileReader();
-    reader.onload = () => resolve(reader.result);
-    reader.onerror = () => reject(new Problem("A file could not be read", `${file.name} could not be read (${reader.error?.name || "error"}). Choose it again.`));
-    reader.readAsDataURL(file);
-  });
-}
-
-/** A failure with a title and a message for the user. */
-class Problem extends Error {
-  constructor(title, message) {
-    super(message);
-    this.title = title;
-  }
-}
-
-/** fetch() and reads of its body fail with a TypeError when the network does: say so in words. */
-async function overNetwork(promise, what) {
-  try {
-    return await promise;
-  } catch (error) {
-    if (error.name === "AbortError" || error instanceof Problem) throw error;
-    throw new Problem("The service could not be reached", `${what} (${error.message}). Check that the service is running, then try again.`);
-  }
-}
-
 function setStatus(text) {
   ui.status.textContent = text;
 }
 
-/** The Authorization header for the key in the form, if any (remembered in this browser). */
-function authHeaders() {
-  const key = ui.apiKeyInput.value.trim();
-  return key ? { Authorization: `Bearer ${key}` } : {};
-}
-
-ui.apiKeyInput.value = localStorage.getItem(API_KEY_STORAGE) || "";
-ui.apiKeyInput.addEventListener("change", () => localStorage.setItem(API_KEY_STORAGE, ui.apiKeyInput.value.trim()));
-
+rememberApiKey(ui.apiKeyInput);
 
 
 // ---------------------------------------------------------------------------------------------------------
@@ -392,7 +332,7 @@ async function generate() {
     const body = await requestBody(fields);
     const request = fetch("/generate-stream", {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "text/event-stream", "X-Request-ID": newRequestId(), ...authHeaders() },
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream", "X-Request-ID": newRequestId(), ...authHeaders(ui.apiKeyInput) },
       body: JSON.stringify(body),
       signal: run.controller.signal,
     });
@@ -470,7 +410,7 @@ function stop() {
   run.stopped = true;
   if (run.requestId) {
     // the service would otherwise keep the request for a while, for a resume that will not come
-    fetch(`/streams/${encodeURIComponent(run.requestId)}`, { method: "DELETE", headers: authHeaders(), keepalive: true }).catch(() => {});
+    fetch(`/streams/${encodeURIComponent(run.requestId)}`, { method: "DELETE", headers: authHeaders(ui.apiKeyInput), keepalive: true }).catch(() => {});
   }
   run.controller.abort();
 }
@@ -642,7 +582,7 @@ function download() {
 
 async function checkService() {
   try {
-    const response = await fetch("/health", { headers: { Accept: "application/json", ...authHeaders() } });
+    const response = await fetch("/health", { headers: { Accept: "application/json", ...authHeaders(ui.apiKeyInput) } });
     const health = await response.json();
     if (ui.stepsInput.value === "" && health.defaults?.num_steps) ui.stepsInput.value = health.defaults.num_steps;
     if (health.limits?.max_audio_s) state.maxAudioS = health.limits.max_audio_s;

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,17 @@ def run_app(app, base_url: str, name: str, route_prefix: str) -> Service:
     url = base_url + route_prefix.rstrip("/")
     wait_until_loaded(url)
     return Service(url, name)
+
+
+@contextmanager
+def deployed(app, base_url: str, name: str, route_prefix: str) -> Iterator[Service]:
+    """run_app for one test module: the app is deleted afterwards, so its replicas free their CPUs for the
+    next module's apps (the session's cluster has only so many)."""
+    service = run_app(app, base_url, name, route_prefix)
+    try:
+        yield service
+    finally:
+        serve.delete(name)
 
 
 @pytest.fixture(scope="session")

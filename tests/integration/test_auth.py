@@ -5,6 +5,8 @@ from a file, as an operator would provide them (never in the serve config)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import re
 
 import httpx
@@ -12,7 +14,7 @@ import pytest
 
 from deployments.app import AppArgs, build_app
 from deployments.auth import AuthOptions
-from tests.integration.conftest import Service, run_app
+from tests.integration.conftest import Service, deployed
 
 ENV_KEYS = "env-key-1, env-key-2"
 FILE_KEY = "file-key-3"
@@ -22,7 +24,7 @@ GENERATE_ROUTES = ["/generate", "/generate-stream", "/generate-stream-chunked"]
 
 
 @pytest.fixture(scope="module")
-def secured(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> Service:
+def secured(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     keys_file = tmp_path_factory.mktemp("keys") / "api-keys"
     keys_file.write_text(f"# one key per line\n{FILE_KEY}\n")
     args = AppArgs.from_serve_config(
@@ -30,7 +32,8 @@ def secured(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> Service:
         ingress={"ray_actor_options": {"num_cpus": 0, "runtime_env": {"env_vars": {"AVATAR_TEST_KEYS": ENV_KEYS}}}},
         generator={"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}},
     )
-    return run_app(build_app(args), base_url, "secured", "/secured")
+    with deployed(build_app(args), base_url, "secured", "/secured") as service:
+        yield service
 
 
 @pytest.mark.parametrize("route", GENERATE_ROUTES)

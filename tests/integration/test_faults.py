@@ -29,7 +29,7 @@ from deployments.options import StreamOptions
 from model.config import load_model_config
 from model.request import RequestLimits
 from tests.integration.backends import HANG, BlockingStepPreviewBackend
-from tests.integration.conftest import Service, run_app
+from tests.integration.conftest import Service, deployed
 from tests.integration.streams import BackgroundStream
 
 STEP_S = 0.3  # each denoising step blocks this long and cannot be interrupted, as on a GPU
@@ -49,7 +49,7 @@ MAX_BODY = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def faults(base_url: str) -> Service:
+def faults(base_url: str) -> Iterator[Service]:
     args = AppArgs.from_serve_config()
     config = load_model_config(args.config, {"options": {"blocking_step_s": STEP_S}})
     generator = AvatarGenerator.options(
@@ -62,7 +62,8 @@ def faults(base_url: str) -> Service:
         ray_actor_options={"num_cpus": 1},
     ).bind(config, args.encoding, backend_cls=BlockingStepPreviewBackend, options=OPTIONS)
     ingress = bind_ingress(generator, config, RequestLimits(max_body_bytes=MAX_BODY), OPTIONS, ingress={**args.ingress, "health_check_period_s": HEALTH_PERIOD_S})
-    return run_app(ingress, base_url, "faults", "/faults")
+    with deployed(ingress, base_url, "faults", "/faults") as service:
+        yield service
 
 
 def replica_actor(service: Service, deployment: str):

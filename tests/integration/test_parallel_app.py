@@ -5,6 +5,8 @@ the next request."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import yaml
 from deployments.app import AppArgs, build_app
 from model.config import PROJECT_ROOT
 from tests.helpers import audio_file, b64, image_file, speech_like
-from tests.integration.conftest import Service, run_app
+from tests.integration.conftest import Service, deployed
 from tests.integration.streams import BackgroundStream, decode_frames, segment_bytes, sse_events
 
 SP2 = PROJECT_ROOT / "configs" / "serve-omniavatar-tiny-sp2.yaml"
@@ -46,20 +48,23 @@ def _parallel_args(model_dir: Path, config: str, parallel: dict) -> AppArgs:
 
 
 @pytest.fixture(scope="module")
-def one_rank(base_url: str, tiny_model_dir: Path, model_config: str) -> Service:
+def one_rank(base_url: str, tiny_model_dir: Path, model_config: str) -> Iterator[Service]:
     args = AppArgs.from_serve_config(PROJECT_ROOT / "configs" / "serve-omniavatar-tiny.yaml", config=model_config, model_dir=str(tiny_model_dir))
-    return run_app(build_app(args), base_url, "onerank", "/onerank")
+    with deployed(build_app(args), base_url, "onerank", "/onerank") as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
-def ulysses(base_url: str, tiny_model_dir: Path, model_config: str) -> Service:
-    return run_app(build_app(_parallel_args(tiny_model_dir, model_config, {"ulysses": 2, "timeout_s": 30})), base_url, "sp2", "/sp2")
+def ulysses(base_url: str, tiny_model_dir: Path, model_config: str) -> Iterator[Service]:
+    with deployed(build_app(_parallel_args(tiny_model_dir, model_config, {"ulysses": 2, "timeout_s": 30})), base_url, "sp2", "/sp2") as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
-def cfg(base_url: str, tiny_model_dir: Path, model_config: str) -> Service:
+def cfg(base_url: str, tiny_model_dir: Path, model_config: str) -> Iterator[Service]:
     parallel = {"ulysses": 1, "cfg": 2, "timeout_s": 30}
-    return run_app(build_app(_parallel_args(tiny_model_dir, model_config, parallel)), base_url, "cfg2", "/cfg2")
+    with deployed(build_app(_parallel_args(tiny_model_dir, model_config, parallel)), base_url, "cfg2", "/cfg2") as service:
+        yield service
 
 
 def _request(image: str) -> dict:

@@ -17,7 +17,7 @@ from deployments.app import AppArgs, ProfileArgs, build_app
 from deployments.profiles import generator_name
 from model.responses import HealthResponse
 from tests.helpers import EXAMPLE_IMAGE, audio_file, b64, speech_like
-from tests.integration.conftest import Service, run_app, wait_until_loaded
+from tests.integration.conftest import Service, deployed, wait_until_loaded
 from tests.integration.streams import ROUTES, after_queued, decode_frames, segment_bytes
 
 CONFIG = "configs/serve-omniavatar-tiny-profiles.yaml"
@@ -30,9 +30,8 @@ STEPS = {"quality": 4, "fast": 2}  # as those configs set them
 @pytest.fixture(scope="module")
 def profiled(base_url: str, tiny_model_dir: Path) -> Iterator[Service]:
     args = AppArgs.from_serve_config(CONFIG, model_dir=str(tiny_model_dir))
-    service = run_app(build_app(args), base_url, "profiles", "/profiles")  # returns once no profile is loading
-    yield service
-    serve.delete(service.app_name)
+    with deployed(build_app(args), base_url, "profiles", "/profiles") as service:  # once no profile is loading
+        yield service
 
 
 def request_record(service: Service, profile: str | None, request_id: str) -> dict | None:

@@ -6,6 +6,8 @@ those of /generate for the same request."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import base64
 import dataclasses
 import time
@@ -18,7 +20,7 @@ import ray
 
 from deployments.app import AppArgs, build_app
 from deployments.auth import AuthOptions
-from tests.integration.conftest import Service, run_app
+from tests.integration.conftest import Service, deployed
 from tests.integration.streams import Event, decode_frames, ndjson_events, segment_bytes, sse_events
 
 KEY, OTHER_KEY = "resume-key-1", "resume-key-2"
@@ -29,7 +31,7 @@ STEP_S = 0.05
 
 
 @pytest.fixture(scope="module")
-def resumable(base_url: str) -> Service:
+def resumable(base_url: str) -> Iterator[Service]:
     args = AppArgs.from_serve_config(
         options={"seconds_per_step": STEP_S},
         auth=AuthOptions(enabled=True, keys_env="RESUME_TEST_KEYS"),
@@ -37,7 +39,8 @@ def resumable(base_url: str) -> Service:
         generator={"num_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 4, "ray_actor_options": {"num_cpus": 1}},
     )
     assert args.stream.resume_grace_s == 30, f"the shipped config's grace is 30 s, found {args.stream.resume_grace_s}"
-    return run_app(build_app(args), base_url, "resumable", "/resumable")
+    with deployed(build_app(args), base_url, "resumable", "/resumable") as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
@@ -165,14 +168,15 @@ def wait_for_generator(service: Service, request_id: str, state: str, timeout_s:
 
 
 @pytest.fixture(scope="module")
-def brief(base_url: str) -> Service:
+def brief(base_url: str) -> Iterator[Service]:
     """A 1 s grace and no room to retain anything: a finished request is evicted at once."""
     args = AppArgs.from_serve_config(
         options={"seconds_per_step": STEP_S},
         generator={"num_replicas": 1, "max_ongoing_requests": 1, "ray_actor_options": {"num_cpus": 1}},
     )
     args = args.model_copy(update={"stream": dataclasses.replace(args.stream, resume_grace_s=1.0, max_retained_bytes=0)})
-    return run_app(build_app(args), base_url, "brief", "/brief")
+    with deployed(build_app(args), base_url, "brief", "/brief") as service:
+        yield service
 
 
 def test_grace_expiry_cancels(brief: Service, client: httpx.Client) -> None:

@@ -383,7 +383,7 @@ async function follow(run, response) {
   const reading = readResuming(response, run, {
     onEvent: (event) => handleEvent(run, event),
     finished: () => Boolean(run.outcome),
-    headers: authHeaders,
+    headers: () => authHeaders(ui.apiKeyInput),
     check: checkEventStream,
     onRetry: (attempt) => setStatus(`The connection was lost; resuming (try ${attempt} of ${RESUME_TRIES})…`),
   });

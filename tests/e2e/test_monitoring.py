@@ -64,7 +64,7 @@ def exported_names(targets: list[str]) -> set[str]:
 
 
 def use_every_path(url: str) -> None:
-    """A completed stream, a refused request and a stream the client leaves mid-way."""
+    """A completed stream, a refused request and a stream the client leaves mid-way and cancels."""
     small = {"prompt": "a person talking", "num_frames": 9, "height": 128, "width": 128}
     with httpx.Client(timeout=60) as http:
         with http.stream("POST", f"{url}/generate-stream", json={**small, "num_steps": 2}) as response:
@@ -73,9 +73,12 @@ def use_every_path(url: str) -> None:
         refused = http.post(f"{url}/generate", json={"prompt": ""})
         assert refused.status_code == 422, f"expected an empty prompt refused with 422, found {refused.status_code}"
         with http.stream("POST", f"{url}/generate-stream-chunked", json={**small, "num_steps": 100}) as response:
+            request_id = response.headers["x-request-id"]
             for line in response.iter_lines():
                 if '"progress"' in line:
-                    break  # leave once the generation runs: the generator is cancelled
+                    break  # leave once the generation runs
+        cancelled = http.delete(f"{url}/streams/{request_id}")  # no grace: the generator is cancelled now
+        assert cancelled.status_code == 200, f"expected the cancel accepted, found {cancelled.status_code}: {cancelled.text}"
 
 
 def test_every_dashboard_metric_is_exported(service: str, ray_tmpdir: Path) -> None:

@@ -64,3 +64,7 @@ def print_peaks(results: dict[float, tuple[dict[str, float], int]]) -> None:
 def main() -> None:
     with running_service(dashboard=True) as urls:  # the state API that lists the processes needs the dashboard
         print_peaks(peaks_per_request(urls["avatar"], (10.0, 60.0)))
+
+
+if __name__ == "__main__":
+    main()

@@ -53,6 +53,18 @@ def wait_until_loaded(url: str, timeout_s: float = 180) -> httpx.Response:
     return health
 
 
+def wait_for_status(service: Service, request_id: str, state: str, timeout_s: float = 30) -> dict:
+    """Poll the generator's record of `request_id` until it is in `state`."""
+    deadline = time.monotonic() + timeout_s
+    status = None
+    while time.monotonic() < deadline:
+        status = service.generator().request_status.remote(request_id).result()
+        if status and status["state"] == state:
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"request {request_id} did not reach {state!r} within {timeout_s} s: {status}")
+
+
 def run_app(app, base_url: str, name: str, route_prefix: str) -> Service:
     """Deploy `app` and wait until its backend has loaded."""
     serve.run(app, name=name, route_prefix=route_prefix)

@@ -8,21 +8,10 @@ import uuid
 
 import httpx
 
-from tests.integration.conftest import Service
+from tests.integration.conftest import Service, wait_for_status
 from tests.integration.streams import sse_events
 
 LONG = {"prompt": "hi", "num_frames": 2000, "height": 720, "width": 720, "num_steps": 4}  # ~45 segments, ~18 s paced
-
-
-def wait_for_status(service: Service, request_id: str, state: str, timeout_s: float = 30) -> dict:
-    deadline = time.monotonic() + timeout_s
-    status = None
-    while time.monotonic() < deadline:
-        status = service.generator().request_status.remote(request_id).result()
-        if status and status["state"] == state:
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"request {request_id} did not reach {state!r} within {timeout_s} s: {status}")
 
 
 def test_disconnect_stops_the_backend_within_a_step(paced: Service) -> None:

@@ -22,9 +22,8 @@ from ray import serve
 from deployments.app import build_app
 from model.config import PROJECT_ROOT
 from tests.helpers import EXAMPLE_IMAGE, audio_file, b64, speech_like
-from tests.integration.conftest import Service, omniavatar_app_args, wait_until_loaded
+from tests.integration.conftest import Service, omniavatar_app_args, wait_for_status, wait_until_loaded
 from tests.integration.streams import decode_frames, segment_bytes, sse_events, stream_both_ways, stream_types
-from tests.integration.test_cancel_and_overload import wait_for_status
 
 SPEECH = audio_file(speech_like(0.7), 16000)  # (0.3 s lead-in + 0.7 s) * 25 = 25 frames: 3 segments of 13 / 8 / 5
 REQUEST = {"prompt": "a person talking", "image_base64": b64(EXAMPLE_IMAGE.read_bytes()), "audio_base64": b64(SPEECH), "seed": 11}

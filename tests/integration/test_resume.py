@@ -20,7 +20,7 @@ import ray
 
 from deployments.app import AppArgs, build_app
 from deployments.auth import AuthOptions
-from tests.integration.conftest import Service, deployed
+from tests.integration.conftest import Service, deployed, wait_for_status
 from tests.integration.streams import Event, decode_frames, ndjson_events, segment_bytes, sse_events
 
 KEY, OTHER_KEY = "resume-key-1", "resume-key-2"
@@ -127,7 +127,7 @@ def test_delete_stops_the_work_within_a_step(resumable: Service, client: httpx.C
         assert deleted.status_code == 200 and deleted.json()["state"] == "cancelled", f"expected cancelled, got {deleted.text}"
         rest = list(events)
     assert rest and rest[-1].name == "error" and rest[-1].data["error"]["code"] == "cancelled", f"expected the error event cancelled, got {rest[-1:]}"
-    status = wait_for_generator(resumable, request_id, "cancelled")
+    status = wait_for_status(resumable, request_id, "cancelled")
     assert status["steps_after_cancel"] <= 1, f"the backend went on for {status['steps_after_cancel']} steps after DELETE"
 
 
@@ -157,16 +157,6 @@ def test_resume_through_a_new_ingress_replica(resumable: Service) -> None:
     assert len(joined) == 233, f"expected 233 frames across the drop, got {len(joined)}"
 
 
-def wait_for_generator(service: Service, request_id: str, state: str, timeout_s: float = 30) -> dict:
-    deadline, status = time.monotonic() + timeout_s, None
-    while time.monotonic() < deadline:
-        status = service.generator().request_status.remote(request_id).result()
-        if status and status["state"] == state:
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"request {request_id}: expected {state!r} within {timeout_s} s, got {status}")
-
-
 @pytest.fixture(scope="module")
 def brief(base_url: str) -> Iterator[Service]:
     """A 1 s grace and no room to retain anything: a finished request is evicted at once."""
@@ -188,7 +178,7 @@ def test_grace_expiry_cancels(brief: Service, client: httpx.Client) -> None:
                 break
     running = client.get(f"{brief.url}/jobs/{request_id}").json()
     assert running["state"] == "running", f"within the grace the request runs on, got {running}"
-    status = wait_for_generator(brief, request_id, "cancelled")
+    status = wait_for_status(brief, request_id, "cancelled")
     waited = time.monotonic() - left
     assert waited >= 1.0, f"cancelled {waited:.2f} s after the client left, before the 1 s grace"
     assert status["steps_after_cancel"] <= 1, f"the backend went on for {status['steps_after_cancel']} steps after the grace"
